@@ -1,0 +1,293 @@
+"""Command-line front end: parse arguments, call the library, print tables or JSON.
+
+Exit codes: 0 success, 1 a job or check failed, 2 a usage or input error (the message
+names the file or field). Every command that prints a table also takes ``--json`` and
+then prints exactly one JSON document on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _console() -> Console:
+    """Progress and messages go to stderr, so stdout stays clean for tables and JSON."""
+    return Console(stderr=True)
+
+
+def _stdout() -> Console:
+    # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _print_json(data) -> None:
+    from segbench.results import _jsonable
+
+    print(json.dumps(_jsonable(data), indent=1))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes i/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard i/N needs 0 <= i < N, got {text!r}")
+    return index, count
+
+
+def _progress(console: Console, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=not enabled)
+
+
+def _summary_table(records: list[dict]) -> Table:
+    table = Table(title="segbench results")
+    for column in ("job", "kind", "model", "dataset", "protocol", "mIoU", "mAcc", "status"):
+        table.add_column(column, justify="right" if column in ("mIoU", "mAcc") else "left")
+    for r in records:
+        metrics = r.get("metrics", {})
+        status = "cached" if r.get("skipped") else r["status"]
+        if r["status"] == "error":
+            status = f"[red]error: {r['error']['message'][:60]}[/red]"
+        miou = metrics.get("mIoU")
+        macc = metrics.get("mAcc")
+        table.add_row(r["job_id"][:8], r["kind"], r["model"], r.get("dataset", ""), r.get("protocol_name", ""),
+                      f"{miou:.2f}" if isinstance(miou, float) else "", f"{macc:.2f}" if isinstance(macc, float) else "",
+                      status)
+    return table
+
+
+def cmd_run(args) -> int:
+    from segbench import report
+    from segbench.runner import check_inputs, plan, run_suite, shard_jobs
+    from segbench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    problems = check_inputs(suite, shard_jobs(suite, plan(suite), *args.shard))
+    if problems:
+        raise UsageError("\n".join(problems))
+    console = _console()
+    with _progress(console, not args.json) as progress:
+        records = run_suite(suite, force=args.force, shard=args.shard, console=console, progress=progress)
+    report_files = []
+    if suite.report and not args.no_report:
+        report_files = report.render(suite.results_dir, suite.report)
+    failed = [r for r in records if r["status"] != "ok"]
+    if args.json:
+        _print_json({"suite": suite.name, "results": str(suite.results_dir), "records": records,
+                     "report": [str(p) for p in report_files], "failed": len(failed)})
+    else:
+        _stdout().print(_summary_table(records))
+        console.print(f"records: {suite.results_dir}/" + (f"   report: {suite.report}/" if report_files else ""))
+        for r in failed:
+            console.print(f"[red]job {r['job_id']} ({r['model']}, {r['kind']}) failed: "
+                          f"{r['error']['type']}: {r['error']['message']}[/red]")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_train(args) -> int:
+    from segbench.data.datasets import build_dataset
+    from segbench.engine.train import resolve_recipe, train
+    from segbench.models import create_model
+    from segbench.runner import resolve_device
+
+    dataset = build_dataset(args.dataset, args.split, args.root)
+    model = create_model(args.model, num_classes=dataset.num_classes)
+    recipe = resolve_recipe(model.info.family, args.recipe, iters=args.iters, batch_size=args.batch_size,
+                            lr=args.lr, crop_size=args.crop_size)
+    console = _console()
+    with _progress(console, not args.json) as progress:
+        task = progress.add_task(f"train {args.model}", total=recipe.iters)
+        checkpoint = train(model, dataset, recipe, Path(args.out), resolve_device(args.device), args.seed,
+                           progress=lambda i, loss: progress.update(task, advance=1,
+                                                                    description=f"train {args.model} loss {loss:.3f}"))
+    if args.json:
+        _print_json({"checkpoint": str(checkpoint)})
+    else:
+        console.print(f"checkpoint: {checkpoint}")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from segbench.data.datasets import build_dataset
+    from segbench.engine.evaluate import SegmentationEvaluator, evaluate, paper_protocol
+    from segbench.models.checkpoints import load_model
+    from segbench.runner import resolve_device
+
+    device = resolve_device(args.device)
+    dataset = build_dataset(args.dataset, args.split, args.root)
+    model, _ = load_model(args.model, args.checkpoint, dataset.num_classes)
+    model.to(device)
+    protocol = paper_protocol(model.info, dataset, multi_scale=args.protocol == "multi_scale")
+    seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
+    console = _console()
+    with _progress(console, not args.json) as progress:
+        total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+        task = progress.add_task(f"eval {args.model}", total=total)
+        timing = evaluate(model, dataset, protocol, [seg], device, args.max_images,
+                          progress=lambda: progress.update(task, advance=1))
+    results = seg.results()
+    if args.json:
+        _print_json({"model": args.model, "dataset": dataset.name, "protocol": protocol.__dict__,
+                     "metrics": results, "timings": timing.as_dict()})
+        return EXIT_OK
+    table = Table(title=f"{args.model} on {dataset.name} ({args.protocol})")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    table.add_column("Acc", justify="right")
+    for name in dataset.classes:
+        table.add_row(name, f"{results['IoU'][name]:.2f}", f"{results['Acc'][name]:.2f}")
+    table.add_row("[bold]mean[/bold]", f"[bold]{results['mIoU']:.2f}[/bold]", f"[bold]{results['mAcc']:.2f}[/bold]")
+    _stdout().print(table)
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from segbench.models import describe_models
+
+    rows = describe_models(args.pattern)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    table = Table(title=f"segbench models ({len(rows)})")
+    for column in ("name", "family", "encoder", "decoder", "params (M)", "encoder (M)", "decoder (M)", "crop",
+                   "patch", "norm"):
+        table.add_column(column, justify="right" if "(M)" in column or column in ("crop", "patch") else "left")
+    for r in rows:
+        table.add_row(r["name"], r["family"], r["encoder"], r["decoder"], f"{r['params'] / 1e6:.2f}",
+                      f"{r['encoder_params'] / 1e6:.2f}", f"{r['decoder_params'] / 1e6:.2f}", str(r["crop_size"]),
+                      str(r["patch_size"]), r["normalization"])
+    _stdout().print(table)
+    return EXIT_OK
+
+
+def cmd_datasets(args) -> int:
+    from segbench.data.datasets import DATASETS, materialize_synthetic
+
+    if args.materialize:
+        out = materialize_synthetic(args.out, {"train": args.train_images, "val": args.val_images})
+        _print_json({"written": str(out)}) if args.json else _console().print(f"synthetic dataset written to {out}")
+        return EXIT_OK
+    rows = [{"kind": kind, "classes": len(cls.classes), "test_scale": cls.test_scale,
+             "size_buckets": cls.size_buckets, "layout": getattr(cls, "layout", "built in (no files)")}
+            for kind, cls in DATASETS.items()]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    table = Table(title="segbench datasets")
+    for column in ("kind", "classes", "test scale", "size buckets (px)"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["kind"], str(r["classes"]), str(r["test_scale"]), str(r["size_buckets"]))
+    _stdout().print(table)
+    _console().print("On-disk layouts: `segbench datasets --json`, or the README.")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from segbench import report
+
+    if not Path(args.results).is_dir():
+        raise UsageError(f"{args.results}: no such results folder")
+    files = report.render(args.results, args.out)
+    if args.json:
+        _print_json({"written": [str(p) for p in files]})
+    else:
+        _console().print("written: " + ", ".join(str(p) for p in files))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segbench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run every job of a suite file (skips finished ones)")
+    p.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+    p.add_argument("--force", action="store_true", help="redo finished jobs")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N", help="run the jobs of every N-th model")
+    p.add_argument("--no-report", action="store_true", help="skip the report named in the suite")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train one model with a paper recipe")
+    p.add_argument("model")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root")
+    p.add_argument("--split", default="train")
+    p.add_argument("--recipe")
+    p.add_argument("--iters", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="folder for the checkpoint and training log")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate one model on one dataset split")
+    p.add_argument("model")
+    p.add_argument("--checkpoint")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root")
+    p.add_argument("--split", default="val")
+    p.add_argument("--protocol", choices=("single_scale", "multi_scale"), default="single_scale")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'segformer*'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="list dataset kinds, or write the synthetic set to disk")
+    p.add_argument("--materialize", action="store_true", help="write the synthetic dataset in the ADE20K layout")
+    p.add_argument("--out", default="data/synthetic")
+    p.add_argument("--train-images", type=int, default=400)
+    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("report", help="render tables and plots from a results folder")
+    p.add_argument("results")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from segbench.data.datasets import DatasetError
+    from segbench.models.checkpoints import CheckpointError
+    from segbench.suite import SuiteError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, SuiteError, DatasetError, CheckpointError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"segbench: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("segbench: interrupted; finished jobs are saved and a re-run continues from there", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

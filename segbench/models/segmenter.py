@@ -1,0 +1,180 @@
+"""Segmenter (Strudel et al., ICCV 2021): a plain ViT encoder and a linear or
+mask-transformer decoder.
+
+Parameter names follow the official repository (rstrudel/segmenter), so its
+``checkpoint.pth`` files load without renaming: ``encoder.{patch_embed.proj, cls_token,
+pos_embed, blocks.N.*, norm}`` and ``decoder.head`` or ``decoder.{cls_emb, proj_dec,
+proj_patch, proj_classes, blocks.N.*, decoder_norm, mask_norm}``. The official code uses
+``nn.LayerNorm`` with its default eps (1e-5), unlike timm's ViT (1e-6).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Block
+
+from segbench.models import IMAGENET_MEAN, IMAGENET_STD, VIT_MEAN, VIT_STD, ModelInfo, register_model
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-5)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_extra_tokens: int,
+                     old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Bilinearly resample the grid part of a ViT position embedding; extra tokens kept."""
+    extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
+    if old_grid is None:
+        side = math.isqrt(grid.shape[1])
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    grid = grid.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new_grid, mode="bilinear", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
+    return torch.cat([extra, grid], dim=1)
+
+
+def init_linear_and_norm(module: nn.Module) -> None:
+    """The official initialisation: truncated normal (0.02) linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def vit_blocks(dim: int, depth: int, heads: int, drop_path: float, dropout: float = 0.0) -> nn.ModuleList:
+    rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # linear, as torch.linspace
+    return nn.ModuleList(
+        Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout, attn_drop=dropout,
+              drop_path=rate, norm_layer=LayerNorm)
+        for rate in rates
+    )
+
+
+class ViTEncoder(nn.Module):
+    """ViT / DeiT encoder returning the final-normed token sequence (extra tokens first)."""
+
+    def __init__(self, img_size: int, patch_size: int, dim: int, depth: int, heads: int,
+                 distilled: bool = False, drop_path: float = 0.1):
+        super().__init__()
+        self.patch_size = patch_size
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.num_extra_tokens = 2 if distilled else 1
+        self.patch_embed = PatchEmbed(img_size, patch_size, 3, dim, strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distilled else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + self.num_extra_tokens, dim))
+        self.blocks = vit_blocks(dim, depth, heads, drop_path)
+        self.norm = LayerNorm(dim)
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        if self.dist_token is not None:
+            trunc_normal_(self.dist_token, std=0.02)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
+        x = self.patch_embed(x)
+        extra = [self.cls_token] + ([self.dist_token] if self.dist_token is not None else [])
+        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in extra] + [x], dim=1)
+        x = x + resize_pos_embed(self.pos_embed, grid, self.num_extra_tokens, self.grid)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class LinearDecoder(nn.Module):
+    """One linear map from each patch encoding to class logits."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.head = nn.Linear(dim, num_classes)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        logits = self.head(tokens)
+        return logits.transpose(1, 2).reshape(logits.shape[0], -1, *grid)
+
+
+class MaskTransformer(nn.Module):
+    """Class embeddings decoded jointly with the patches; masks = <patch, class> (Eq. 4)."""
+
+    def __init__(self, enc_dim: int, num_classes: int, depth: int = 2, dropout: float = 0.1):
+        super().__init__()
+        dim = enc_dim  # the paper: "the same token and hidden size as the encoder"
+        self.num_classes = num_classes
+        self.proj_dec = nn.Linear(enc_dim, dim)
+        self.blocks = vit_blocks(dim, depth, dim // 64 or 1, drop_path=0.0, dropout=dropout)
+        self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, dim))
+        self.proj_patch = nn.Parameter(dim ** -0.5 * torch.randn(dim, dim))
+        self.proj_classes = nn.Parameter(dim ** -0.5 * torch.randn(dim, dim))
+        self.decoder_norm = LayerNorm(dim)
+        self.mask_norm = LayerNorm(num_classes)
+        self.apply(init_linear_and_norm)
+        trunc_normal_(self.cls_emb, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = self.proj_dec(tokens)
+        x = torch.cat([x, self.cls_emb.expand(x.shape[0], -1, -1)], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.decoder_norm(x)
+        patches = F.normalize(x[:, : -self.num_classes] @ self.proj_patch, dim=-1)
+        classes = F.normalize(x[:, -self.num_classes:] @ self.proj_classes, dim=-1)
+        masks = self.mask_norm(patches @ classes.transpose(1, 2))
+        return masks.transpose(1, 2).reshape(masks.shape[0], -1, *grid)
+
+
+class Segmenter(nn.Module):
+    def __init__(self, encoder: ViTEncoder, decoder: nn.Module, info: ModelInfo):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.info = info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[2:]
+        p = self.encoder.patch_size
+        x = F.pad(x, (0, -width % p, 0, -height % p))  # zero padding, as the official code
+        grid = (x.shape[2] // p, x.shape[3] // p)
+        tokens = self.encoder(x)[:, self.encoder.num_extra_tokens:]
+        masks = self.decoder(tokens, grid)
+        masks = F.interpolate(masks, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return masks[:, :, :height, :width]
+
+
+def _segmenter(num_classes: int, *, encoder: str, patch_size: int, dim: int, depth: int, heads: int,
+               decoder: str, crop_size: int = 512, distilled: bool = False, decoder_depth: int = 2,
+               drop_path: float = 0.1, mean=VIT_MEAN, std=VIT_STD) -> Segmenter:
+    enc = ViTEncoder(crop_size, patch_size, dim, depth, heads, distilled=distilled, drop_path=drop_path)
+    if decoder == "linear":
+        dec = LinearDecoder(dim, num_classes)
+    else:
+        dec = MaskTransformer(dim, num_classes, depth=decoder_depth)
+    info = ModelInfo(name="", family="segmenter", encoder=encoder, decoder=decoder, num_classes=num_classes,
+                     patch_size=patch_size, output_stride=1, crop_size=crop_size, mean=mean, std=std,
+                     test_mode="slide")
+    return Segmenter(enc, dec, info)
+
+
+# --- variants -------------------------------------------------------------------------
+# Tiny encoders for the synthetic quickstart (128 px images, CPU training in seconds).
+
+@register_model
+def segmenter_micro_p8_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_micro_p8", patch_size=8, dim=64, depth=4, heads=2,
+                      decoder="linear", crop_size=128, **kw)
+
+
+@register_model
+def segmenter_micro_p32_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_micro_p32", patch_size=32, dim=64, depth=4, heads=2,
+                      decoder="linear", crop_size=128, **kw)
+

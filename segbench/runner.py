@@ -1,0 +1,215 @@
+"""Run a suite: expand it into jobs, run the ones not yet finished, write one record each.
+
+A job's id is a hash of everything that determines its result (model, checkpoint or
+training job, dataset, split, protocol), so re-running a suite skips finished jobs and
+a changed setting gets a new id. A failing job becomes an error record and the suite
+goes on; a record is written atomically when its job ends, so Ctrl-C or a crash loses
+nothing already finished.
+
+``--shard i/N`` keeps the jobs of every N-th *model* (in suite order): a model's
+evaluations need its training job, so they stay on the shard that trains it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from segbench import dist
+from segbench.data.datasets import DATASETS, DatasetError, build_dataset
+from segbench.engine.evaluate import SegmentationEvaluator, evaluate, paper_protocol
+from segbench.engine.inference import Protocol
+from segbench.engine.train import resolve_recipe, train
+from segbench.models import create_model
+from segbench.models.checkpoints import load_model
+from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
+from segbench.suite import EvalSpec, Suite
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "train" | "eval"
+    model: str  # the suite's model key
+    config: dict = field(hash=False)  # everything that determines the result
+    needs: str | None = None  # id of the training job whose checkpoint this job uses
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps({"kind": self.kind, **self.config}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def num_classes_of(suite: Suite, dataset_key: str) -> int:
+    return len(DATASETS[suite.datasets[dataset_key].kind].classes)
+
+
+def plan(suite: Suite) -> list[Job]:
+    """All jobs of a suite, training before the evaluations that need it."""
+    jobs: list[Job] = []
+    train_ids: dict[str, str] = {}
+    for key, spec in suite.models.items():
+        if spec.train is None:
+            continue
+        t = spec.train
+        num_classes = spec.num_classes or num_classes_of(suite, t.dataset)
+        config = {"arch": spec.arch, "num_classes": num_classes, "seed": suite.seed,
+                  "dataset": asdict(suite.datasets[t.dataset]), "split": t.split, "train": asdict(t)}
+        job = Job("train", key, config)
+        jobs.append(job)
+        train_ids[key] = job.id
+    for spec in suite.evaluate:
+        for key in spec.models or tuple(suite.models):
+            model = suite.models[key]
+            weights = {"trained_by": train_ids[key]} if key in train_ids else {"checkpoint": model.checkpoint}
+            config = {"arch": model.arch, "num_classes": model.num_classes or num_classes_of(suite, spec.dataset),
+                      **weights, "dataset": asdict(suite.datasets[spec.dataset]), "eval": asdict(spec)}
+            jobs.append(Job("eval", key, config, needs=train_ids.get(key)))
+    return jobs
+
+
+def shard_jobs(suite: Suite, jobs: list[Job], index: int, count: int) -> list[Job]:
+    models = list(suite.models)
+    return [job for job in jobs if models.index(job.model) % count == index]
+
+
+def check_inputs(suite: Suite, jobs: list[Job]) -> list[str]:
+    """Problems with the suite's datasets, found before any job runs."""
+    problems, seen = [], set()
+    for job in jobs:
+        config = job.config
+        split = config["train"]["split"] if job.kind == "train" else config["eval"]["split"]
+        spec = config["dataset"]
+        if (spec["kind"], spec["root"], split) in seen:
+            continue
+        seen.add((spec["kind"], spec["root"], split))
+        try:
+            build_dataset(spec["kind"], split, spec["root"], **spec["options"])
+        except (DatasetError, TypeError) as exc:
+            problems.append(f"{suite.path}: dataset {spec['kind']} ({split}): {exc}")
+    return problems
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return name
+
+
+class Runner:
+    def __init__(self, suite: Suite, device: str, results_dir: Path, console=None, progress=None):
+        self.suite, self.device, self.results_dir = suite, device, results_dir
+        self.console, self.progress = console, progress
+        self._model_cache: tuple[tuple, torch.nn.Module] | None = None
+
+    def run_train(self, job: Job) -> dict:
+        config, t = job.config, job.config["train"]
+        dataset = build_dataset(config["dataset"]["kind"], t["split"], config["dataset"]["root"],
+                                **config["dataset"]["options"])
+        model = create_model(config["arch"], num_classes=config["num_classes"])
+        recipe = resolve_recipe(model.info.family, t["recipe"], iters=t["iters"], batch_size=t["batch_size"],
+                                lr=t["lr"], crop_size=t["crop_size"])
+        out = self.results_dir / "train" / f"{job.model}-{job.id}"
+        task = self._task(f"train {job.model}", recipe.iters)
+        start = time.perf_counter()
+        checkpoint = train(model, dataset, recipe, out, self.device, seed=config["seed"],
+                           progress=lambda i, loss: self._advance(task, description=f"train {job.model} loss {loss:.3f}"))
+        losses = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+        tail = losses[-max(len(losses) // 10, 1):]
+        return {"checkpoint": str(checkpoint), "recipe": asdict(recipe), "dataset": dataset.name,
+                "metrics": {"final_loss": sum(tail) / len(tail), "first_loss": losses[0]},
+                "timings": {"seconds": time.perf_counter() - start,
+                            "seconds_per_iter": (time.perf_counter() - start) / recipe.iters}}
+
+    def load(self, job: Job) -> tuple[torch.nn.Module, str | None]:
+        config = job.config
+        checkpoint = str(self.checkpoint_path_of(job)) if job.needs else config["checkpoint"]
+        key = (config["arch"], checkpoint, config["num_classes"])
+        if self._model_cache is None or self._model_cache[0] != key:
+            model, _ = load_model(config["arch"], checkpoint, config["num_classes"])
+            self._model_cache = (key, model.to(self.device).eval())
+        return self._model_cache[1], checkpoint
+
+    def checkpoint_path_of(self, job: Job) -> Path:
+        record = read_record(record_path(self.results_dir, job.needs))
+        if not record or record.get("status") != "ok":
+            raise RuntimeError(f"training job {job.needs} of model {job.model!r} did not finish; "
+                               "its record says why")
+        return Path(record["checkpoint"])
+
+    def protocol_for(self, model, dataset, spec: dict) -> Protocol:
+        protocol = paper_protocol(model.info, dataset, multi_scale=spec["protocol"] == "multi_scale")
+        overrides = {k: spec[k] for k in ("mode", "window", "stride", "scales", "flip") if spec[k] is not None}
+        if "scales" in overrides:
+            overrides["scales"] = tuple(overrides["scales"])
+        if overrides.get("mode") == "slide":
+            overrides.setdefault("window", protocol.window or model.info.crop_size)
+            overrides.setdefault("stride", protocol.stride or overrides["window"] * 2 // 3)
+        return Protocol(**{**asdict(protocol), **overrides})
+
+    def run_eval(self, job: Job) -> dict:
+        config, spec = job.config, job.config["eval"]
+        dataset = build_dataset(config["dataset"]["kind"], spec["split"], config["dataset"]["root"],
+                                **config["dataset"]["options"])
+        model, checkpoint = self.load(job)
+        protocol = self.protocol_for(model, dataset, spec)
+        seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
+        count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
+        task = self._task(f"eval {job.model} {spec['protocol']}", count)
+        timing = evaluate(model, dataset, protocol, [seg], self.device, spec["max_images"],
+                          progress=lambda: self._advance(task))
+        return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+                "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
+                "protocol": asdict(protocol), "metrics": seg.results(), "timings": timing.as_dict()}
+
+    def run(self, job: Job) -> dict:
+        base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
+                          config=job.config, started=now())
+        start = time.perf_counter()
+        try:
+            result = {"train": self.run_train, "eval": self.run_eval}[job.kind](job)
+            record = {**base, **result, "status": "ok"}
+        except Exception as exc:  # a failed job becomes an error record; the suite goes on
+            record = {**base, "status": "error",
+                      "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}}
+        record.update(finished=now(), wall_seconds=time.perf_counter() - start, env=environment(self.device))
+        return record
+
+    def _task(self, description: str, total: int):
+        return self.progress.add_task(description, total=total) if self.progress else None
+
+    def _advance(self, task, **kwargs) -> None:
+        if self.progress is not None and task is not None:
+            self.progress.update(task, advance=1, **kwargs)
+
+
+def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1), console=None,
+              progress=None) -> list[dict]:
+    """Run (or skip, if finished) every job of this shard; returns their records."""
+    device = resolve_device(suite.device)
+    dist.init_from_env(device)
+    results_dir = suite.results_dir
+    jobs = shard_jobs(suite, plan(suite), *shard)
+    runner = Runner(suite, device, results_dir, console, progress)
+    overall = progress.add_task("jobs", total=len(jobs)) if progress else None
+    records = []
+    for job in jobs:
+        path = record_path(results_dir, job.id)
+        existing = read_record(path)
+        if existing and existing.get("status") == "ok" and not force:
+            records.append({**existing, "skipped": True})
+        else:
+            record = runner.run(job)
+            if dist.is_main():
+                write_json_atomic(path, record)
+            dist.barrier()
+            records.append(record)
+        if progress is not None:
+            progress.update(overall, advance=1)
+    return records

@@ -1,0 +1,241 @@
+"""Suite files: YAML -> frozen dataclasses, validated field by field.
+
+A suite says which datasets, which models (a registry name plus a checkpoint, or a
+``train:`` block), and which evaluations to run. Unknown keys, wrong types and bad
+values are errors that name the file, the line and the field, e.g.::
+
+    suites/x.yaml:12: models.seg_b16.checkpoint: expected a string, got 3
+
+Strings may use ``${VAR}`` or ``${VAR:-default}``; an unset variable without a default
+is an error naming the field that used it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SuiteError(ValueError):
+    """A suite file is malformed; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: str  # synthetic | ade20k | cityscapes | pascal_context | coco_stuff
+    root: str | None = None  # dataset folder in its official layout (not needed for synthetic)
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the reader
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    dataset: str  # a key of `datasets`
+    split: str = "train"
+    recipe: str | None = None  # default: the model family's paper recipe
+    iters: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    crop_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str  # a registry name (`segbench models`)
+    checkpoint: str | None = None  # segbench, official Segmenter/mmseg/HF/timm formats
+    train: TrainSpec | None = None
+    num_classes: int | None = None  # default: the class count of the datasets it meets
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    dataset: str  # a key of `datasets`
+    split: str = "val"
+    protocol: str = "single_scale"  # single_scale | multi_scale: the paper's, per model
+    models: tuple[str, ...] = ()  # keys of `models`; empty: every model
+    mode: str | None = None  # override: whole | slide
+    window: int | None = None
+    stride: int | None = None
+    scales: tuple[float, ...] | None = None
+    flip: bool | None = None
+    max_images: int | None = None  # evaluate only the first N images (quick runs)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    datasets: dict[str, DatasetSpec]
+    models: dict[str, ModelSpec]
+    evaluate: tuple[EvalSpec, ...] = ()
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    results: str | None = None  # default: results/<name>
+    report: str | None = None  # render a report here after the run
+    path: str = ""  # the file it was read from (set by the loader)
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.results or Path("results") / self.name)
+
+
+PROTOCOLS = ("single_scale", "multi_scale")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Where:
+    """Maps a field path such as ``models.seg.train.iters`` to its line in the file."""
+
+    def __init__(self, path: str, lines: dict[str, int]):
+        self.path, self.lines = path, lines
+
+    def error(self, field_path: str, message: str) -> SuiteError:
+        line = self.lines.get(field_path)
+        while line is None and "." in field_path:
+            field_path = field_path.rsplit(".", 1)[0]
+            line = self.lines.get(field_path)
+        location = f"{self.path}:{line}" if line else self.path
+        return SuiteError(f"{location}: {field_path}: {message}" if field_path else f"{location}: {message}")
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            child = f"{path}.{key}" if path else key
+            lines[child] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, child, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))  # scalars: let PyYAML resolve the type
+
+
+def _expand(value: str, field_path: str, where: _Where) -> str:
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise where.error(field_path, f"environment variable {name} is not set (use ${{{name}:-default}} "
+                                      "to give a default)")
+    return _ENV.sub(replace, value)
+
+
+def _convert(value: Any, hint: Any, field_path: str, where: _Where) -> Any:
+    """Check ``value`` against a type hint and convert it (lists -> tuples, dicts -> dataclasses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, field_path, where)
+    if hint is Any:
+        return _expand(value, field_path, where) if isinstance(value, str) else value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, field_path, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise where.error(field_path, f"expected a mapping, got {_describe(value)}")
+        return {k: _convert(v, args[1], f"{field_path}.{k}", where) for k, v in value.items()}
+    if origin is tuple:
+        items = value if isinstance(value, list) else [value]  # a scalar is a one-item list
+        return tuple(_convert(v, args[0], f"{field_path}[{i}]", where) for i, v in enumerate(items))
+    if hint is str:
+        if not isinstance(value, str):
+            raise where.error(field_path, f"expected a string, got {_describe(value)}")
+        return _expand(value, field_path, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise where.error(field_path, f"expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise where.error(field_path, f"expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise where.error(field_path, f"expected a number, got {_describe(value)}")
+        return float(value)
+    raise TypeError(f"unsupported type hint {hint!r}")
+
+
+def _describe(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def _build(cls, data: Any, path: str, where: _Where):
+    if not isinstance(data, dict):
+        raise where.error(path, f"expected a mapping of {cls.__name__} fields, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        child = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise where.error(child, f"unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        child = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], child, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise where.error(path, f"missing required key {name!r}")
+    return cls(**kwargs)
+
+
+def _check_references(suite: Suite, where: _Where) -> None:
+    from segbench.data.datasets import DATASETS
+    from segbench.models import is_model
+
+    for name, spec in suite.datasets.items():
+        if spec.kind not in DATASETS:
+            raise where.error(f"datasets.{name}.kind", f"unknown dataset kind {spec.kind!r}; "
+                                                       f"choose from {', '.join(sorted(DATASETS))}")
+    for name, spec in suite.models.items():
+        if not is_model(spec.arch):
+            raise where.error(f"models.{name}.arch", f"unknown model {spec.arch!r}; `segbench models` lists them")
+        if spec.checkpoint and not Path(spec.checkpoint).is_file():
+            raise where.error(f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
+        if spec.train and spec.train.dataset not in suite.datasets:
+            raise where.error(f"models.{name}.train.dataset", f"no dataset named {spec.train.dataset!r} in `datasets`")
+    for i, spec in enumerate(suite.evaluate):
+        if spec.dataset not in suite.datasets:
+            raise where.error(f"evaluate[{i}].dataset", f"no dataset named {spec.dataset!r} in `datasets`")
+        if spec.protocol not in PROTOCOLS:
+            raise where.error(f"evaluate[{i}].protocol", f"unknown protocol {spec.protocol!r}; choose from {PROTOCOLS}")
+        if spec.mode not in (None, "whole", "slide"):
+            raise where.error(f"evaluate[{i}].mode", f"mode must be 'whole' or 'slide', got {spec.mode!r}")
+        for model in spec.models:
+            if model not in suite.models:
+                raise where.error(f"evaluate[{i}].models", f"no model named {model!r} in `models`")
+
+
+def load_suite(path: str | os.PathLike) -> Suite:
+    """Read and validate a suite file; raises :class:`SuiteError` with file:line: field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: suite file not found")
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise SuiteError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if root is None:
+        raise SuiteError(f"{path}: the suite file is empty")
+    lines: dict[str, int] = {}
+    data = _to_python(root, "", lines)
+    where = _Where(str(path), lines)
+    suite = _build(Suite, data, "", where)
+    suite = dataclasses.replace(suite, path=str(path))
+    _check_references(suite, where)
+    return suite
