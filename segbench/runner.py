@@ -28,15 +28,18 @@ from segbench.engine.train import resolve_recipe, train
 from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
+from segbench.robustness.corruptions import corruption_grid, grid_cells
+from segbench.robustness.sweep import CLEAN, CorruptionCache, evaluate_cell, sweep_key
 from segbench.suite import EvalSpec, Suite
 
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "train" | "eval"
+    kind: str  # "train" | "eval" | "corruption"
     model: str  # the suite's model key
     config: dict = field(hash=False)  # everything that determines the result
     needs: str | None = None  # id of the training job whose checkpoint this job uses
+    meta: dict = field(default_factory=dict, hash=False)  # recorded, not in the id (a sweep's cell, grid)
 
     @property
     def id(self) -> str:
@@ -64,12 +67,31 @@ def plan(suite: Suite) -> list[Job]:
         train_ids[key] = job.id
     for spec in suite.evaluate:
         for key in spec.models or tuple(suite.models):
-            model = suite.models[key]
-            weights = {"trained_by": train_ids[key]} if key in train_ids else {"checkpoint": model.checkpoint}
-            config = {"arch": model.arch, "num_classes": model.num_classes or num_classes_of(suite, spec.dataset),
-                      **weights, "dataset": asdict(suite.datasets[spec.dataset]), "eval": asdict(spec)}
+            config = {**_model_config(suite, key, spec.dataset, train_ids), "eval": asdict(spec)}
             jobs.append(Job("eval", key, config, needs=train_ids.get(key)))
+    for spec in suite.corruption:
+        # One job per (model, corruption, severity) and one on clean images. The grid and the
+        # reference model are not part of a cell's id: growing a sweep recomputes nothing.
+        grid = corruption_grid(spec.corruptions, spec.severities)
+        settings = {k: v for k, v in asdict(spec).items()
+                    if k not in ("models", "corruptions", "severities", "reference")}
+        sweep = {"key": sweep_key(asdict(suite.datasets[spec.dataset]), settings), "grid": grid,
+                 "reference": spec.reference}
+        for key in spec.models or tuple(suite.models):
+            base = {**_model_config(suite, key, spec.dataset, train_ids), "eval": settings}
+            for corruption, severity in [(CLEAN, 0), *grid_cells(grid)]:
+                cell = {"corruption": corruption, "severity": severity}
+                jobs.append(Job("corruption", key, {**base, "cell": cell}, needs=train_ids.get(key),
+                                meta={**cell, "sweep": sweep}))
     return jobs
+
+
+def _model_config(suite: Suite, key: str, dataset: str, train_ids: dict[str, str]) -> dict:
+    """The part of an evaluation's config that says which weights meet which dataset."""
+    model = suite.models[key]
+    weights = {"trained_by": train_ids[key]} if key in train_ids else {"checkpoint": model.checkpoint}
+    return {"arch": model.arch, "num_classes": model.num_classes or num_classes_of(suite, dataset), **weights,
+            "dataset": asdict(suite.datasets[dataset])}
 
 
 def shard_jobs(suite: Suite, jobs: list[Job], index: int, count: int) -> list[Job]:
@@ -168,12 +190,29 @@ class Runner:
                 "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
                 "protocol": asdict(protocol), "metrics": seg.results(), "timings": timing.as_dict()}
 
+    def run_corruption(self, job: Job) -> dict:
+        config, spec, cell = job.config, job.config["eval"], job.config["cell"]
+        dataset = build_dataset(config["dataset"]["kind"], spec["split"], config["dataset"]["root"],
+                                **config["dataset"]["options"])
+        cache = CorruptionCache(spec["root"], config["dataset"]["kind"], spec["split"]) if spec["root"] else None
+        model, checkpoint = self.load(job)
+        protocol = self.protocol_for(model, dataset, spec)
+        count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
+        name = f"{cell['corruption']}-{cell['severity']}"
+        preview = Path("previews") / job.meta["sweep"]["key"] / f"{name}.png"
+        task = self._task(f"{job.model} {name}", count)
+        result = evaluate_cell(model, dataset, protocol, cell["corruption"], cell["severity"], self.device,
+                               spec["max_images"], cache, self.results_dir / preview, lambda: self._advance(task))
+        return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+                "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
+                "protocol": asdict(protocol), "preview": str(preview), **result}
+
     def run(self, job: Job) -> dict:
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
-                          config=job.config, started=now())
+                          config=job.config, **job.meta, started=now())
         start = time.perf_counter()
         try:
-            result = {"train": self.run_train, "eval": self.run_eval}[job.kind](job)
+            result = {"train": self.run_train, "eval": self.run_eval, "corruption": self.run_corruption}[job.kind](job)
             record = {**base, **result, "status": "ok"}
         except Exception as exc:  # a failed job becomes an error record; the suite goes on
             record = {**base, "status": "error",

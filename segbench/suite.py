@@ -68,11 +68,23 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class CorruptionSpec(EvalSpec):
+    """A robustness sweep: an evaluation (the keys of `evaluate`) under every corruption x
+    severity, plus clean (SegFormer Table 5's protocol; see segbench.robustness)."""
+
+    corruptions: tuple[str, ...] = ()  # default: the 16 of SegFormer Table 5
+    severities: tuple[int, ...] = ()  # default: noise 1-3, the others 1-5 (kept within those)
+    root: str | None = None  # a folder written by `segbench corrupt`; default: corrupt on the fly
+    reference: str | None = None  # a key of `models`: the baseline of Corruption Degradation (CD)
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     datasets: dict[str, DatasetSpec]
     models: dict[str, ModelSpec]
     evaluate: tuple[EvalSpec, ...] = ()
+    corruption: tuple[CorruptionSpec, ...] = ()
     description: str = ""
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -208,15 +220,38 @@ def _check_references(suite: Suite, where: _Where) -> None:
         if spec.train and spec.train.dataset not in suite.datasets:
             raise where.error(f"models.{name}.train.dataset", f"no dataset named {spec.train.dataset!r} in `datasets`")
     for i, spec in enumerate(suite.evaluate):
-        if spec.dataset not in suite.datasets:
-            raise where.error(f"evaluate[{i}].dataset", f"no dataset named {spec.dataset!r} in `datasets`")
-        if spec.protocol not in PROTOCOLS:
-            raise where.error(f"evaluate[{i}].protocol", f"unknown protocol {spec.protocol!r}; choose from {PROTOCOLS}")
-        if spec.mode not in (None, "whole", "slide"):
-            raise where.error(f"evaluate[{i}].mode", f"mode must be 'whole' or 'slide', got {spec.mode!r}")
-        for model in spec.models:
-            if model not in suite.models:
-                raise where.error(f"evaluate[{i}].models", f"no model named {model!r} in `models`")
+        _check_eval(suite, spec, f"evaluate[{i}]", where)
+    for i, spec in enumerate(suite.corruption):
+        _check_eval(suite, spec, f"corruption[{i}]", where)
+        _check_corruption(suite, spec, f"corruption[{i}]", where)
+
+
+def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
+    if spec.dataset not in suite.datasets:
+        raise where.error(f"{path}.dataset", f"no dataset named {spec.dataset!r} in `datasets`")
+    if spec.protocol not in PROTOCOLS:
+        raise where.error(f"{path}.protocol", f"unknown protocol {spec.protocol!r}; choose from {PROTOCOLS}")
+    if spec.mode not in (None, "whole", "slide"):
+        raise where.error(f"{path}.mode", f"mode must be 'whole' or 'slide', got {spec.mode!r}")
+    for model in spec.models:
+        if model not in suite.models:
+            raise where.error(f"{path}.models", f"no model named {model!r} in `models`")
+
+
+def _check_corruption(suite: Suite, spec: CorruptionSpec, path: str, where: _Where) -> None:
+    from segbench.robustness.corruptions import CorruptionError, corruption_grid
+
+    for field_name, severities in (("corruptions", ()), ("severities", spec.severities)):
+        try:
+            corruption_grid(spec.corruptions, severities)
+        except CorruptionError as exc:
+            raise where.error(f"{path}.{field_name}", str(exc)) from None
+    if spec.reference is not None and spec.reference not in (spec.models or suite.models):
+        raise where.error(f"{path}.reference", f"{spec.reference!r} is not one of the models this sweep evaluates")
+    if spec.root is not None and not (Path(spec.root) / "manifest.json").is_file():
+        raise where.error(f"{path}.root", f"{spec.root} has no manifest.json; write the corrupted images there "
+                                          f"first with `segbench corrupt {suite.datasets[spec.dataset].kind} "
+                                          f"--out {spec.root} ...`, or drop `root` to corrupt on the fly")
 
 
 def load_suite(path: str | os.PathLike) -> Suite:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segbench.report import robustness
 from segbench.report.plots import miou_bars
 from segbench.report.tables import accuracy_table, to_markdown
 from segbench.results import load_records
@@ -20,6 +21,9 @@ def render(results_dir: str | Path, out: str | Path) -> list[Path]:
     lines = [f"# segbench report: {Path(results_dir).name}", "",
              "Dataset-level mIoU / mAcc (%) from the records in this folder.", "",
              to_markdown(table), "", "![mIoU per model and protocol](miou.png)", ""]
+    robustness_lines, robustness_files = robustness.render(records, Path(results_dir), out)
+    lines += robustness_lines
+    written += robustness_files
     if errors:
         lines += ["## Failed jobs", ""] + [f"- `{r['job_id']}` {r.get('model')} ({r['kind']}): "
                                            f"{r['error']['type']}: {r['error']['message']}" for r in errors]

@@ -1,0 +1,349 @@
+"""Corrupted copies of a dataset split: Cityscapes-C as in SegFormer Table 5 (after Kamann
+& Rother), for any dataset segbench reads.
+
+Every corrupted image is a function of (image id, corruption, severity) alone::
+
+    k = int.from_bytes(sha256(f"{image_id}/{corruption}/{severity}".encode()).digest()[:4], "big")
+    np.random.seed(k)
+    imagecorruptions.corrupt(image, severity, corruption, seed=k)   # seed= only for
+                                                                    # impulse_noise, glass_blur
+
+The image id is the image file's stem (e.g. ``frankfurt_000000_000294_leftImg8bit``), or
+the sample's name for the in-memory synthetic set (``synthetic_val_00000001``, the stem
+it has once written to disk). ``imagecorruptions`` is the maintained fork
+``imagecorruptions-imaug``: it takes ``seed=`` for the two corruptions that otherwise
+draw from unseeded generators. The same function serves the on-disk cache written by
+:func:`generate` and the on-the-fly mode of a sweep, so both see the same pixels.
+
+The cache (``segbench corrupt``) is a folder with one dataset root per cell::
+
+    <out>/<corruption>/<severity>/<the dataset's own layout>   corrupted images as PNG,
+                                                               labels hard-linked (or copied)
+    <out>/manifest.json     library versions, the seed rule, sha256 of every source file and
+                            output file, and of each source's decoded pixels
+
+PNG because JPEG encoding differs between libjpeg builds: everyone evaluates the same
+pixels. An output counts as done only when its file was renamed into place *and* its
+line reached the manifest journal (``manifest.jsonl``, folded into ``manifest.json`` at
+the end), so an interrupted generation resumes without redoing finished images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import time
+import zlib
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segbench.results import file_sha256, write_json_atomic
+
+# SegFormer Table 5's columns, in its order (blur, noise, digital, weather).
+CORRUPTION_GROUPS = {
+    "blur": ("motion_blur", "defocus_blur", "glass_blur", "gaussian_blur"),
+    "noise": ("gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"),
+    "digital": ("brightness", "contrast", "saturate", "jpeg_compression"),
+    "weather": ("snow", "spatter", "fog", "frost"),
+}
+CORRUPTIONS = tuple(name for names in CORRUPTION_GROUPS.values() for name in names)
+GROUP_OF = {name: group for group, names in CORRUPTION_GROUPS.items() for name in names}
+SEEDED_BY_ARGUMENT = ("impulse_noise", "glass_blur")  # imagecorruptions-imaug's seed= argument
+SEED_RULE = 'int.from_bytes(sha256(f"{image_id}/{corruption}/{severity}".encode()).digest()[:4], "big")'
+MANIFEST_FORMAT = 1
+PNG_COMPRESS_LEVEL = 6  # Pillow's default; stored in the manifest since it changes the bytes
+
+
+class CorruptionError(ValueError):
+    """Bad corruption settings, or a cache that does not match; the message says what to do."""
+
+
+def protocol_severities(corruption: str) -> tuple[int, ...]:
+    """Kamann & Rother / SegFormer Table 5: noise at severities 1-3, the rest at 1-5."""
+    return (1, 2, 3) if GROUP_OF[corruption] == "noise" else (1, 2, 3, 4, 5)
+
+
+def corruption_grid(corruptions=None, severities=None) -> dict[str, tuple[int, ...]]:
+    """corruption -> its severities: the protocol's, or those asked for within the protocol's."""
+    names = tuple(corruptions) if corruptions else CORRUPTIONS
+    unknown = [n for n in names if n not in GROUP_OF]
+    if unknown:
+        raise CorruptionError(f"unknown corruption {unknown[0]!r}; choose from {', '.join(CORRUPTIONS)}")
+    if len(set(names)) != len(names):
+        raise CorruptionError(f"corruptions listed twice in {list(names)}")
+    bad = [s for s in severities or () if s not in (1, 2, 3, 4, 5)]
+    if bad:
+        raise CorruptionError(f"severity {bad[0]!r} is not one of 1, 2, 3, 4, 5")
+    grid = {}
+    for name in names:
+        allowed = protocol_severities(name)
+        grid[name] = tuple(s for s in sorted(set(severities)) if s in allowed) if severities else allowed
+        if not grid[name]:
+            raise CorruptionError(f"{name} is evaluated at severities {allowed[0]}-{allowed[-1]} only "
+                                  f"(SegFormer Table 5), none of {sorted(severities)}")
+    return grid
+
+
+def grid_cells(grid: dict[str, tuple[int, ...]]) -> list[tuple[str, int]]:
+    return [(name, severity) for name, severities in grid.items() for severity in severities]
+
+
+def image_seed(image_id: str, corruption: str, severity: int) -> int:
+    """The documented seed of one corrupted image (see the module docstring)."""
+    return int.from_bytes(hashlib.sha256(f"{image_id}/{corruption}/{severity}".encode()).digest()[:4], "big")
+
+
+def corrupt_image(image: np.ndarray, image_id: str, corruption: str, severity: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> the corrupted image; numpy's global random state is left as it was."""
+    from imagecorruptions import corrupt
+
+    seed = image_seed(image_id, corruption, severity)
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        kwargs = {"seed": seed} if corruption in SEEDED_BY_ARGUMENT else {}
+        return corrupt(image, severity=severity, corruption_name=corruption, **kwargs)
+    finally:
+        np.random.set_state(state)
+
+
+def pixels_sha256(image: np.ndarray) -> str:
+    """Checksum of decoded pixels (shape included): ties a cached image to its source image."""
+    digest = hashlib.sha256(str(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def image_id(dataset, index: int) -> str:
+    """The id an image is seeded by: its file stem, or the sample's name in memory."""
+    entry = dataset.files[index]
+    return Path(entry[0]).stem if entry is not None else dataset[index].name
+
+
+def library_versions() -> dict[str, str]:
+    """What the corrupted pixels and their PNG bytes depend on."""
+    import cv2
+    import scipy
+    import skimage
+
+    def dist(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"imagecorruptions": dist("imagecorruptions-imaug") or dist("imagecorruptions"),
+            "numpy": np.__version__, "scipy": scipy.__version__, "scikit-image": skimage.__version__,
+            "opencv": cv2.__version__, "pillow": Image.__version__, "numba": dist("numba"),
+            "zlib": zlib.ZLIB_RUNTIME_VERSION, "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def read_manifest(out: Path) -> dict | None:
+    """manifest.json plus the journal lines of an unfinished run (a torn last line is ignored)."""
+    manifest = None
+    if (out / "manifest.json").is_file():
+        manifest = json.loads((out / "manifest.json").read_text())
+    journal = out / "manifest.jsonl"
+    if manifest is not None and journal.is_file():
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the run was killed
+            manifest["images"][entry.pop("path")] = entry
+    return manifest
+
+
+def _fold_journal(out: Path) -> None:
+    manifest = read_manifest(out)
+    if manifest is None:
+        return
+    manifest["images"] = dict(sorted(manifest["images"].items()))
+    write_json_atomic(out / "manifest.json", manifest)
+    (out / "manifest.jsonl").unlink(missing_ok=True)
+
+
+def _check_compatible(old: dict, new: dict, out: Path) -> None:
+    for key in ("format", "dataset", "seed_rule", "versions", "png_compress_level"):
+        if old.get(key) != new[key]:
+            raise CorruptionError(
+                f"{out}/manifest.json: this folder was generated with a different {key} "
+                f"({old.get(key)} vs now {new[key]}); images would not match. Write to a new --out folder.")
+    for name, source in new["sources"].items():
+        if name in old["sources"] and old["sources"][name] != source:
+            raise CorruptionError(f"{out}/manifest.json: source image {source['path']} changed since it was "
+                                  "corrupted (sha256 differs). Write to a new --out folder.")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _write_png_atomic(path: Path, image: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _link(source: Path, target: Path) -> None:
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, target)
+
+
+_worker_dataset = None
+_worker_image: tuple[int, np.ndarray, str] | None = None  # index, pixels, their sha256
+
+
+def _init_worker(kind: str, split: str, root: str, options: dict) -> None:
+    global _worker_dataset, _worker_image
+    from segbench.data.datasets import build_dataset
+
+    _worker_dataset, _worker_image = build_dataset(kind, split, root, **options), None
+
+
+def _init_pool_worker(*dataset_args) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the worker processes are the parallelism
+    _init_worker(*dataset_args)
+
+
+def _corrupt_to_file(task: tuple[int, str, str, int, str]) -> tuple[str, str, str]:
+    """Worker: corrupt one image, write it atomically; returns (path, its sha256, the source's pixels_sha256)."""
+    global _worker_image
+    index, name, corruption, severity, path = task
+    if _worker_image is None or _worker_image[0] != index:  # tasks come grouped by image
+        image = _worker_dataset[index].image
+        _worker_image = (index, image, pixels_sha256(image))
+    _write_png_atomic(Path(path), corrupt_image(_worker_image[1], name, corruption, severity))
+    return path, file_sha256(path), _worker_image[2]
+
+
+def _source_root(kind: str, split: str, root: str | None, out: Path, options: dict,
+                 max_images: int | None) -> tuple[str, dict]:
+    """A dataset root on disk: the given one, or the in-memory synthetic set written to <out>/clean."""
+    if root is not None:
+        return str(root), options
+    if kind != "synthetic":
+        raise CorruptionError(f"{kind}: --root is needed (the dataset folder in its official layout)")
+    from segbench.data.datasets import Synthetic, materialize_synthetic
+
+    count = options.get("num_images") or Synthetic.default_sizes[split]
+    count = count if max_images is None else min(count, max_images)
+    extra = {k: options[k] for k in ("image_size", "seed") if k in options}
+    return str(materialize_synthetic(out / "clean", {split: count}, **extra)), {}
+
+
+def _sources(dataset, count: int, root: Path) -> dict[str, dict]:
+    """image id -> {index, path relative to the root, sha256} for the first ``count`` images."""
+    sources = {}
+    for index in range(count):
+        path = Path(os.path.abspath(dataset.files[index][0]))
+        if not path.is_relative_to(root):
+            raise CorruptionError(f"{path}: not under the dataset root {root}")
+        name = image_id(dataset, index)
+        if name in sources:
+            raise CorruptionError(f"two images share the id {name!r} (their file stem): {sources[name]['path']} and "
+                                  f"{path.relative_to(root)}; ids must be unique to seed them")
+        sources[name] = {"index": index, "path": path.relative_to(root).as_posix(), "sha256": file_sha256(path)}
+    return sources
+
+
+def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, grid: dict[str, tuple[int, ...]],
+             workers: int = 1, max_images: int | None = None, options: dict | None = None,
+             progress=None) -> dict:
+    """Write the corrupted copies of a split (``grid``: corruption -> severities) under ``out``.
+
+    Resumes: outputs already in the manifest (and on disk) are skipped. ``progress(done,
+    total)`` is called after each image. Returns a summary (counts, seconds, paths).
+    """
+    from segbench.data.datasets import build_dataset
+
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root, options = _source_root(kind, split, root, out, dict(options or {}), max_images)
+    dataset = build_dataset(kind, split, root, **options)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    root_path = Path(os.path.abspath(root))
+    sources = _sources(dataset, count, root_path)
+
+    manifest = {"format": MANIFEST_FORMAT, "dataset": {"kind": kind, "split": split, "options": options},
+                "source_root": str(root_path), "seed_rule": SEED_RULE, "versions": library_versions(),
+                "png_compress_level": PNG_COMPRESS_LEVEL,
+                "sources": {name: {k: v for k, v in s.items() if k != "index"} for name, s in sources.items()},
+                "images": {}}
+    old = read_manifest(out)
+    if old is not None:
+        _check_compatible(old, manifest, out)
+        manifest["sources"] = {**old["sources"], **manifest["sources"]}
+        manifest["images"] = old["images"]
+    write_json_atomic(out / "manifest.json", manifest)
+    (out / "manifest.jsonl").unlink(missing_ok=True)  # its lines are in manifest.json now
+
+    todo = {}  # output path -> (image id, corruption, severity)
+    for name, source in sources.items():
+        rel = Path(source["path"]).with_suffix(".png")
+        for corruption, severity in grid_cells(grid):
+            cell = out / corruption / str(severity)
+            for extra in dataset.files[source["index"]][1:]:  # labels and instance maps, unchanged
+                if extra is not None:
+                    _link(Path(extra), cell / Path(os.path.abspath(extra)).relative_to(root_path))
+            key = f"{corruption}/{severity}/{rel.as_posix()}"
+            if key not in manifest["images"] or not (out / key).is_file():
+                (cell / rel).parent.mkdir(parents=True, exist_ok=True)
+                todo[str(out / key)] = (name, corruption, severity)
+    total = count * len(grid_cells(grid))
+    done = total - len(todo)
+    if progress is not None:
+        progress(done, total)
+    tasks = [(sources[name]["index"], name, c, s, path) for path, (name, c, s) in todo.items()]
+    try:
+        with open(out / "manifest.jsonl", "a") as journal:
+            for path, sha, source_sha in _run_tasks(tasks, workers, (kind, split, root, options)):
+                name, corruption, severity = todo[path]
+                entry = {"path": Path(path).relative_to(out).as_posix(), "image_id": name, "corruption": corruption,
+                         "severity": severity, "seed": image_seed(name, corruption, severity), "sha256": sha,
+                         "source_pixels_sha256": source_sha}
+                journal.write(json.dumps(entry) + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        _fold_journal(out)
+    return {"out": str(out), "dataset": kind, "split": split, "images": count, "outputs": total,
+            "written": len(tasks), "skipped": total - len(tasks), "workers": workers,
+            "seconds": time.perf_counter() - start}
+
+
+def _run_tasks(tasks: list, workers: int, dataset_args: tuple):
+    """Yield :func:`_corrupt_to_file`'s result per task, in this process or in ``workers`` spawned ones."""
+    global _worker_dataset, _worker_image
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(*dataset_args)
+        try:
+            yield from map(_corrupt_to_file, tasks)
+        finally:
+            _worker_dataset = _worker_image = None
+        return
+    # spawn: the same start method on every platform, and no forked copy of the parent's threads
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), _init_pool_worker, dataset_args) as pool:
+        yield from pool.imap_unordered(_corrupt_to_file, tasks)

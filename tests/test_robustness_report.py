@@ -1,0 +1,56 @@
+"""The robustness report: Table 5's shape, the paper's numbers beside ours (never instead),
+the grid at severity 3."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+import segbench.reference
+from segbench.report import robustness
+from segbench.robustness.sweep import Sweep
+
+GRID = {"motion_blur": (1, 3), "gaussian_noise": (1, 2), "fog": (3,)}
+
+
+def sweep(dataset: str) -> Sweep:
+    s = Sweep("k", dataset, "val", "single_scale", GRID, None, arch={"ours": "segformer_b5"})
+    s.clean["ours"] = 80.0
+    s.cells["ours"] = {("motion_blur", 1): 70.0, ("motion_blur", 3): 60.0, ("gaussian_noise", 1): 50.0,
+                       ("gaussian_noise", 2): 40.0, ("fog", 3): 30.0}
+    return s
+
+
+def fake_reference(monkeypatch):
+    rows = [{"paper": "SegFormer (Xie et al., NeurIPS 2021)", "table": "5", "model": "segformer_b5",
+             "dataset": "cityscapes", "protocol": protocol, "metric": "miou", "value": value, "note": None}
+            for protocol, value in [("clean", 82.4), ("motion_blur", 69.1), ("fog", 78.5)]]
+    monkeypatch.setattr(segbench.reference, "reference_frame", lambda: pd.DataFrame(rows))
+
+
+def test_table5_shows_the_papers_numbers_beside_ours_on_cityscapes_only(monkeypatch):
+    fake_reference(monkeypatch)
+    s = sweep("cityscapes")
+    scores, problems = robustness.score_sweep(s)
+    table = robustness.table5(s, scores)
+    assert problems == [] and list(table.columns) == ["model", "source", "Clean", "Blur Motion", "Noise Gauss",
+                                                       "Weather Fog"]
+    ours, paper = table.iloc[0], table.iloc[1]
+    assert (ours["source"], ours["Clean"], ours["Blur Motion"], ours["Noise Gauss"]) == ("measured", 80.0, 65.0, 45.0)
+    assert paper["source"].startswith("paper") and (paper["Clean"], paper["Blur Motion"]) == (82.4, 69.1)
+    assert math.isnan(paper["Noise Gauss"])  # absent from the reference: shown as missing, not filled
+    assert len(robustness.table5(sweep("synthetic"), scores)) == 1  # no Cityscapes-C numbers beside synthetic
+
+
+def test_grid_takes_severity_3_or_the_closest(tmp_path):
+    s = sweep("synthetic")
+    for key in [("clean", 0), ("motion_blur", 1), ("motion_blur", 3), ("gaussian_noise", 1), ("gaussian_noise", 2),
+                ("fog", 3)]:
+        path = tmp_path / f"{key[0]}-{key[1]}.png"
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+        s.previews[key] = str(path)
+    titles = [title for title, _ in robustness.grid_images(s)]
+    assert titles == ["clean", "motion_blur 3", "gaussian_noise 2", "fog 3"]
+    assert robustness.grid_plot(robustness.grid_images(s), tmp_path / "grid.png").is_file()
