@@ -200,12 +200,13 @@ class Runner:
         count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
         name = f"{cell['corruption']}-{cell['severity']}"
         preview = Path("previews") / job.meta["sweep"]["key"] / f"{name}.png"
+        seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
         task = self._task(f"{job.model} {name}", count)
-        result = evaluate_cell(model, dataset, protocol, cell["corruption"], cell["severity"], self.device,
+        result = evaluate_cell(model, dataset, protocol, cell["corruption"], cell["severity"], [seg], self.device,
                                spec["max_images"], cache, self.results_dir / preview, lambda: self._advance(task))
         return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
                 "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
-                "protocol": asdict(protocol), "preview": str(preview), **result}
+                "protocol": asdict(protocol), "metrics": seg.results(), "preview": str(preview), **result}
 
     def run(self, job: Job) -> dict:
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],

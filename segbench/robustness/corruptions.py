@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import time
 import zlib
 from importlib import metadata
@@ -220,6 +221,7 @@ def _init_worker(kind: str, split: str, root: str, options: dict) -> None:
 def _init_pool_worker(*dataset_args) -> None:
     import cv2
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     cv2.setNumThreads(1)  # the worker processes are the parallelism
     _init_worker(*dataset_args)
 

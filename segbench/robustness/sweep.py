@@ -23,7 +23,7 @@ from PIL import Image
 
 from segbench import dist
 from segbench.data.datasets import Sample, SegDataset, read_image
-from segbench.engine.evaluate import SegmentationEvaluator, evaluate
+from segbench.engine.evaluate import evaluate
 from segbench.engine.inference import Protocol
 from segbench.results import file_sha256
 from segbench.robustness.corruptions import CorruptionError, corrupt_image, image_id, pixels_sha256, read_manifest
@@ -93,18 +93,17 @@ def sweep_key(dataset: dict, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def evaluate_cell(model, dataset: SegDataset, protocol: Protocol, corruption: str, severity: int, device,
-                  max_images: int | None, cache: CorruptionCache | None = None, preview: Path | None = None,
+def evaluate_cell(model, dataset: SegDataset, protocol: Protocol, corruption: str, severity: int, evaluators: list,
+                  device, max_images: int | None, cache: CorruptionCache | None = None, preview: Path | None = None,
                   progress=None) -> dict:
-    """mIoU & co. of ``model`` on one cell (``CLEAN``, 0: the dataset as it is); writes a
-    small preview of the cell's first image if ``preview`` does not exist yet."""
+    """Run ``model`` on one cell (``CLEAN``, 0: the dataset as it is), feeding ``evaluators``;
+    writes a small preview of the cell's first image if ``preview`` does not exist yet."""
     if corruption != CLEAN:
         dataset = CorruptedDataset(dataset, corruption, severity, cache)
-    seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
-    timing = evaluate(model, dataset, protocol, [seg], device, max_images, progress=progress)
+    timing = evaluate(model, dataset, protocol, evaluators, device, max_images, progress=progress)
     if preview is not None and dist.is_main() and not preview.exists():
         _write_preview(preview, dataset[0].image)
-    return {"metrics": seg.results(), "timings": timing.as_dict(),
+    return {"timings": timing.as_dict(),
             "source": CLEAN if corruption == CLEAN else str(cache.root) if cache is not None else "on_the_fly"}
 
 
