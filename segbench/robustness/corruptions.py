@@ -279,8 +279,8 @@ def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, gr
 
     start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     root, options = _source_root(kind, split, root, out, dict(options or {}), max_images)
+    out.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(kind, split, root, **options)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     root_path = Path(os.path.abspath(root))
