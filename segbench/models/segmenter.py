@@ -57,6 +57,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_ext
 
 def init_linear_and_norm(module: nn.Module) -> None:
     """The official initialisation: truncated normal (0.02) linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear) and module.weight.is_meta:
+        return  # nothing to initialise on the meta device (`segbench models` builds there: keep it fast)
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
