@@ -205,7 +205,8 @@ SEGMENTER_DIMS = {192: "t", 384: "s", 768: "b", 1024: "l"}
 
 def official_segmenter_name(net: dict) -> str:
     """The registry name for an official Segmenter ``net_kwargs`` (crop suffix aside)."""
-    encoder = "deit_b" if net.get("distilled") else SEGMENTER_DIMS.get(net["d_model"], f"d{net['d_model']}")
+    encoder = SEGMENTER_DIMS.get(net["d_model"], f"d{net['d_model']}")
+    encoder = f"deit_{encoder}" if net.get("distilled") else encoder
     decoder = net["decoder"]["name"]
     if decoder != "linear":
         decoder = "mask" if net["decoder"].get("n_layers", 2) == 2 else f"mask{net['decoder']['n_layers']}"
