@@ -296,3 +296,26 @@ def test_init_from_google_npz(tmp_path):
     for key, value in vit.state_dict().items():
         if not key.startswith("head"):
             torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_suite_allow_partial_reaches_the_loader(tmp_path):
+    from segbench.runner import Runner, plan
+    from segbench.suite import load_suite
+
+    model = _randomise(create_model("setr_micro_p16_naive", 9))
+    state = _mmseg_layout(model)
+    del state["decode_head.conv_1.bias"]
+    torch.save({"state_dict": state}, tmp_path / "partial.pth")
+    text = ("name: t\ndatasets: {synthetic: {kind: synthetic}}\n"
+            "models:\n  strict: {arch: setr_micro_p16_naive, checkpoint: %s}\n"
+            "  lenient: {arch: setr_micro_p16_naive, checkpoint: %s, allow_partial: true}\n"
+            "evaluate: [{dataset: synthetic}]\n") % (tmp_path / "partial.pth", tmp_path / "partial.pth")
+    (tmp_path / "suite.yaml").write_text(text)
+    suite = load_suite(tmp_path / "suite.yaml")
+    strict, lenient = plan(suite)
+    assert "allow_partial" not in strict.config and lenient.config["allow_partial"] is True
+    runner = Runner(suite, "cpu", tmp_path / "results")
+    with pytest.raises(CheckpointError, match="missing: decoder.conv_1.bias"):
+        runner.load(strict)
+    runner.load(lenient)
+    assert runner.load_report()["complete"] is False and "decoder.conv_1.bias" in runner.load_report()["summary"]
