@@ -164,12 +164,13 @@ def cmd_models(args) -> int:
         _print_json(rows)
         return EXIT_OK
     table = Table(title=f"segbench models ({len(rows)})")
-    for column in ("name", "family", "encoder", "decoder", "params (M)", "encoder (M)", "decoder (M)", "crop",
-                   "patch", "norm"):
+    for column in ("name", "family", "encoder", "decoder", "params (M)", "encoder (M)", "decoder (M)", "aux (M)",
+                   "crop", "patch", "norm"):
         table.add_column(column, justify="right" if "(M)" in column or column in ("crop", "patch") else "left")
     for r in rows:
         table.add_row(r["name"], r["family"], r["encoder"], r["decoder"], f"{r['params'] / 1e6:.2f}",
-                      f"{r['encoder_params'] / 1e6:.2f}", f"{r['decoder_params'] / 1e6:.2f}", str(r["crop_size"]),
+                      f"{r['encoder_params'] / 1e6:.2f}", f"{r['decoder_params'] / 1e6:.2f}",
+                      f"{r['aux_params'] / 1e6:.2f}", str(r["crop_size"]),
                       str(r["patch_size"]), r["normalization"])
     _stdout().print(table)
     return EXIT_OK

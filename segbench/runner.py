@@ -66,6 +66,8 @@ def plan(suite: Suite) -> list[Job]:
         for key in spec.models or tuple(suite.models):
             model = suite.models[key]
             weights = {"trained_by": train_ids[key]} if key in train_ids else {"checkpoint": model.checkpoint}
+            if model.allow_partial:  # only when set, so existing job ids stay the same
+                weights["allow_partial"] = True
             config = {"arch": model.arch, "num_classes": model.num_classes or num_classes_of(suite, spec.dataset),
                       **weights, "dataset": asdict(suite.datasets[spec.dataset]), "eval": asdict(spec)}
             jobs.append(Job("eval", key, config, needs=train_ids.get(key)))
@@ -106,7 +108,7 @@ class Runner:
     def __init__(self, suite: Suite, device: str, results_dir: Path, console=None, progress=None):
         self.suite, self.device, self.results_dir = suite, device, results_dir
         self.console, self.progress = console, progress
-        self._model_cache: tuple[tuple, torch.nn.Module] | None = None
+        self._model_cache: tuple[tuple, torch.nn.Module, object] | None = None
 
     def run_train(self, job: Job) -> dict:
         config, t = job.config, job.config["train"]
@@ -130,11 +132,17 @@ class Runner:
     def load(self, job: Job) -> tuple[torch.nn.Module, str | None]:
         config = job.config
         checkpoint = str(self.checkpoint_path_of(job)) if job.needs else config["checkpoint"]
-        key = (config["arch"], checkpoint, config["num_classes"])
+        key = (config["arch"], checkpoint, config["num_classes"], config.get("allow_partial", False))
         if self._model_cache is None or self._model_cache[0] != key:
-            model, _ = load_model(config["arch"], checkpoint, config["num_classes"])
-            self._model_cache = (key, model.to(self.device).eval())
+            model, report = load_model(config["arch"], checkpoint, config["num_classes"], key[3])
+            self._model_cache = (key, model.to(self.device).eval(), report)
         return self._model_cache[1], checkpoint
+
+    def load_report(self) -> dict | None:
+        """How the cached model's checkpoint loaded (format, ignored / missing keys), for the record."""
+        report = self._model_cache[2] if self._model_cache else None
+        return None if report is None else {"format": report.format, "complete": report.complete,
+                                            "summary": report.summary(), "notes": report.notes}
 
     def checkpoint_path_of(self, job: Job) -> Path:
         record = read_record(record_path(self.results_dir, job.needs))
@@ -165,6 +173,7 @@ class Runner:
         timing = evaluate(model, dataset, protocol, [seg], self.device, spec["max_images"],
                           progress=lambda: self._advance(task))
         return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+                "checkpoint_load": self.load_report(),
                 "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
                 "protocol": asdict(protocol), "metrics": seg.results(), "timings": timing.as_dict()}
 

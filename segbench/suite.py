@@ -51,6 +51,7 @@ class ModelSpec:
     checkpoint: str | None = None  # segbench, official Segmenter/mmseg/HF/timm formats
     train: TrainSpec | None = None
     num_classes: int | None = None  # default: the class count of the datasets it meets
+    allow_partial: bool = False  # load a checkpoint that does not fit exactly (the record lists what did not)
 
 
 @dataclass(frozen=True)
