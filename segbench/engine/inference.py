@@ -58,7 +58,7 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def test_size(height: int, width: int, protocol: Protocol, ratio: float = 1.0) -> tuple[int, int]:
+def view_size(height: int, width: int, protocol: Protocol, ratio: float = 1.0) -> tuple[int, int]:
     """The (height, width) a view is predicted at."""
     if protocol.test_scale is not None:
         long_side, short_side = protocol.test_scale
@@ -131,7 +131,7 @@ def predict(model, image: np.ndarray, protocol: Protocol, num_classes: int, devi
     info = model.info
     total = None
     for ratio in protocol.scales:
-        view_h, view_w = test_size(height, width, protocol, ratio)
+        view_h, view_w = view_size(height, width, protocol, ratio)
         resized = image if (view_h, view_w) == (height, width) else cv2.resize(
             image, (view_w, view_h), interpolation=cv2.INTER_LINEAR)
         x = normalize(resized, info.mean, info.std, device)
