@@ -25,8 +25,8 @@ from segbench.data.datasets import DATASETS, DatasetError, build_dataset
 from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
 from segbench.engine.train import resolve_recipe, train
-from segbench.models import create_model
 from segbench.metrics.stats import save_per_image
+from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
 from segbench.suite import EvalSpec, Suite

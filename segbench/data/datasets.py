@@ -154,9 +154,18 @@ def _require_dir(path: Path, dataset: str, layout: str) -> None:
                            f"Expected layout under the dataset root:\n{layout}")
 
 
-def _check_split(dataset: type, split: str, splits) -> None:
-    if split not in splits:
-        raise DatasetError(f"{dataset.__name__}: unknown split {split!r}; choose from {sorted(splits)}")
+def _check_split(dataset: type, split: str) -> None:
+    if split not in dataset.splits:
+        raise DatasetError(f"{dataset.__name__}: unknown split {split!r}; choose from {sorted(dataset.splits)}")
+
+
+def _images_and_annotations(dataset: type, root: Path, split: str) -> tuple[Path, Path]:
+    """<root>/images/<folder> and <root>/annotations/<folder> of a split (ADE20K, COCO-Stuff)."""
+    _check_split(dataset, split)
+    images, annotations = root / "images" / dataset.splits[split], root / "annotations" / dataset.splits[split]
+    _require_dir(images, dataset.__name__, dataset.layout)
+    _require_dir(annotations, dataset.__name__, dataset.layout)
+    return images, annotations
 
 
 def _require_files(files: list, folder: Path, layout: str) -> None:
@@ -187,20 +196,17 @@ class ADE20K(SegDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "val"):
         root = Path(root)
-        _check_split(type(self), split, self.splits)
-        folder = self.splits[split]
-        _require_dir(root / "images" / folder, type(self).__name__, self.layout)
-        _require_dir(root / "annotations" / folder, type(self).__name__, self.layout)
+        images, annotations = _images_and_annotations(type(self), root, split)
         files = []
-        for image_path in sorted((root / "images" / folder).iterdir()):
+        for image_path in sorted(images.iterdir()):
             if image_path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
                 continue
-            label_path = root / "annotations" / folder / (image_path.stem + ".png")
+            label_path = annotations / (image_path.stem + ".png")
             if not label_path.exists():
                 raise DatasetError(f"{image_path}: no annotation at {label_path}")
-            instance_path = root / "annotations_instance" / folder / (image_path.stem + ".png")
+            instance_path = root / "annotations_instance" / self.splits[split] / (image_path.stem + ".png")
             files.append((image_path, label_path, instance_path if instance_path.exists() else None))
-        _require_files(files, root / "images" / folder, self.layout)
+        _require_files(files, images, self.layout)
         super().__init__(files, name=f"{self.kind}/{split}")
 
     def read_instances(self, path: Path) -> np.ndarray:
@@ -247,7 +253,7 @@ class Cityscapes(SegDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "val"):
         root = Path(root)
-        _check_split(type(self), split, self.splits)
+        _check_split(type(self), split)
         images, labels = root / "leftImg8bit" / split, root / "gtFine" / split
         _require_dir(images, type(self).__name__, self.layout)
         _require_dir(labels, type(self).__name__, self.layout)
@@ -295,7 +301,7 @@ class PascalContext(SegDataset):
         root = Path(root)
         if (root / "VOCdevkit" / "VOC2010").is_dir():
             root = root / "VOCdevkit" / "VOC2010"
-        _check_split(type(self), split, self.splits)
+        _check_split(type(self), split)
         for sub in ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext"):
             _require_dir(root / sub, type(self).__name__, self.layout)
         split_file = root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
@@ -343,12 +349,7 @@ class COCOStuff(SegDataset):
     layout = COCO_STUFF_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "val"):
-        root = Path(root)
-        _check_split(type(self), split, self.splits)
-        folder = self.splits[split]
-        images, labels = root / "images" / folder, root / "annotations" / folder
-        _require_dir(images, type(self).__name__, self.layout)
-        _require_dir(labels, type(self).__name__, self.layout)
+        images, labels = _images_and_annotations(type(self), Path(root), split)
         files = []
         for image_path in sorted(images.glob("*.jpg")):
             candidates = [labels / f"{image_path.stem}_labelTrainIds.png", labels / f"{image_path.stem}.png"]
