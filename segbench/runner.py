@@ -22,9 +22,10 @@ import torch
 
 from segbench import dist
 from segbench.data.datasets import DATASETS, DatasetError, build_dataset
-from segbench.engine.evaluate import SegmentationEvaluator, evaluate, paper_protocol
+from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
 from segbench.engine.train import resolve_recipe, train
+from segbench.metrics.stats import save_per_image
 from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
@@ -159,6 +160,9 @@ class Runner:
         if overrides.get("mode") == "slide":
             overrides.setdefault("window", protocol.window or model.info.crop_size)
             overrides.setdefault("stride", protocol.stride or overrides["window"] * 2 // 3)
+        if overrides:
+            shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+            overrides["source"] = f"{protocol.source}; overridden by the suite: {shown}"
         return Protocol(**{**asdict(protocol), **overrides})
 
     def run_eval(self, job: Job) -> dict:
@@ -167,15 +171,21 @@ class Runner:
                                 **config["dataset"]["options"])
         model, checkpoint = self.load(job)
         protocol = self.protocol_for(model, dataset, spec)
-        seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
+        evaluators = standard_evaluators(dataset, spec["size_breakdown"], spec["bootstrap"], self.suite.seed)
         count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
         task = self._task(f"eval {job.model} {spec['protocol']}", count)
-        timing = evaluate(model, dataset, protocol, [seg], self.device, spec["max_images"],
+        timing = evaluate(model, dataset, protocol, evaluators, self.device, spec["max_images"],
                           progress=lambda: self._advance(task))
+        per_image_file = None
+        if spec["per_image"]:  # per-image counts beside the record, for `segbench compare`
+            per_image_file = f"{job.id}.per_image.npz"
+            if dist.is_main():
+                save_per_image(self.results_dir / per_image_file, evaluators[0].per_image, dataset.classes)
         return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
                 "checkpoint_load": self.load_report(),
                 "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
-                "protocol": asdict(protocol), "metrics": seg.results(), "timings": timing.as_dict()}
+                "protocol": asdict(protocol), "metrics": collect_results(evaluators),
+                "per_image_file": per_image_file, "timings": timing.as_dict()}
 
     def run(self, job: Job) -> dict:
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
@@ -196,6 +206,22 @@ class Runner:
     def _advance(self, task, **kwargs) -> None:
         if self.progress is not None and task is not None:
             self.progress.update(task, advance=1, **kwargs)
+
+
+def eval_record(path: Path, dataset, split: str, run: dict, metrics: dict, per_image) -> dict:
+    """Write the record of a standalone evaluation (``segbench eval --out``), with its
+    per-image counts beside it, in the fields of a suite's eval records."""
+    config = {"dataset": dataset.name, "split": split, **{k: run.get(k) for k in ("model", "checkpoint", "predictions")}}
+    job_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    sidecar = path.with_name(f"{path.stem}.per_image.npz")
+    fields = {**run, "model": run.get("model") or run.get("predictions"), "arch": run.get("model")}
+    record = new_record(job_id, "", "eval", **fields, config=config, dataset=dataset.name, split=split,
+                        metrics=metrics, per_image_file=sidecar.name, status="ok", finished=now(),
+                        env=environment(run.get("device", "cpu")))
+    if dist.is_main():
+        save_per_image(sidecar, per_image, dataset.classes)
+        write_json_atomic(path, record)
+    return record
 
 
 def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1), console=None,

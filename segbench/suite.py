@@ -66,6 +66,9 @@ class EvalSpec:
     scales: tuple[float, ...] | None = None
     flip: bool | None = None
     max_images: int | None = None  # evaluate only the first N images (quick runs)
+    size_breakdown: bool = True  # mIoU over small / medium / large objects (DESIGN.md protocol)
+    bootstrap: int = 1000  # resamples of the images for the 95 % interval of mIoU; 0: none
+    per_image: bool = True  # write per-image counts beside the record (<job>.per_image.npz) for `segbench compare`
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ def _check_references(suite: Suite, where: _Where) -> None:
             raise where.error(f"evaluate[{i}].dataset", f"no dataset named {spec.dataset!r} in `datasets`")
         if spec.protocol not in PROTOCOLS:
             raise where.error(f"evaluate[{i}].protocol", f"unknown protocol {spec.protocol!r}; choose from {PROTOCOLS}")
+        if spec.bootstrap < 0:
+            raise where.error(f"evaluate[{i}].bootstrap", f"expected 0 (off) or a number of resamples, got {spec.bootstrap}")
         if spec.mode not in (None, "whole", "slide"):
             raise where.error(f"evaluate[{i}].mode", f"mode must be 'whole' or 'slide', got {spec.mode!r}")
         for model in spec.models:
