@@ -126,35 +126,84 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from segbench.data.datasets import build_dataset
-    from segbench.engine.evaluate import SegmentationEvaluator, evaluate, paper_protocol
-    from segbench.models.checkpoints import load_model
-    from segbench.runner import resolve_device
+    from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, score_predictions, standard_evaluators
+    from segbench.runner import eval_record, resolve_device
 
-    device = resolve_device(args.device)
+    if (args.model is None) == (args.predictions is None):
+        raise UsageError("segbench eval: give a model to run, or --predictions DIR to score, not both")
     dataset = build_dataset(args.dataset, args.split, args.root)
-    model, _ = load_model(args.model, args.checkpoint, dataset.num_classes)
-    model.to(device)
-    protocol = paper_protocol(model.info, dataset, multi_scale=args.protocol == "multi_scale")
-    seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
+    evaluators = standard_evaluators(dataset, size_breakdown=not args.no_size, bootstrap=args.bootstrap)
     console = _console()
+    total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     with _progress(console, not args.json) as progress:
-        total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
-        task = progress.add_task(f"eval {args.model}", total=total)
-        timing = evaluate(model, dataset, protocol, [seg], device, args.max_images,
-                          progress=lambda: progress.update(task, advance=1))
-    results = seg.results()
+        task = progress.add_task(f"eval {args.model or args.predictions}", total=total)
+        advance = lambda: progress.update(task, advance=1)  # noqa: E731
+        if args.predictions:
+            run = {"predictions": str(args.predictions),
+                   **score_predictions(dataset, Path(args.predictions), evaluators, args.ids, args.max_images, advance)}
+        else:
+            from segbench.models.checkpoints import load_model
+
+            device = resolve_device(args.device)
+            model, _ = load_model(args.model, args.checkpoint, dataset.num_classes)
+            model.to(device)
+            protocol = paper_protocol(model.info, dataset, multi_scale=args.protocol == "multi_scale")
+            timing = evaluate(model, dataset, protocol, evaluators, device, args.max_images, progress=advance)
+            run = {"model": args.model, "checkpoint": args.checkpoint, "device": device, "protocol_name": args.protocol,
+                   "protocol": protocol.__dict__, "timings": timing.as_dict()}
+    results = collect_results(evaluators)
+    if args.out:
+        eval_record(Path(args.out), dataset, args.split, run, results, evaluators[0].per_image)
     if args.json:
-        _print_json({"model": args.model, "dataset": dataset.name, "protocol": protocol.__dict__,
-                     "metrics": results, "timings": timing.as_dict()})
+        _print_json({"dataset": dataset.name, **run, "metrics": results})
         return EXIT_OK
-    table = Table(title=f"{args.model} on {dataset.name} ({args.protocol})")
+    title = args.model or args.predictions
+    table = Table(title=f"{title} on {dataset.name}" + (f" ({args.protocol})" if args.model else ""))
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("Acc", justify="right")
     for name in dataset.classes:
-        table.add_row(name, f"{results['IoU'][name]:.2f}", f"{results['Acc'][name]:.2f}")
+        iou, acc = results["IoU"][name], results["Acc"][name]
+        table.add_row(name, "absent" if iou != iou else f"{iou:.2f}", "—" if acc != acc else f"{acc:.2f}")
     table.add_row("[bold]mean[/bold]", f"[bold]{results['mIoU']:.2f}[/bold]", f"[bold]{results['mAcc']:.2f}[/bold]")
-    _stdout().print(table)
+    out = _stdout()
+    out.print(table)
+    per_image = results["per_image"]
+    line = (f"aAcc {results['aAcc']:.2f}  fwIoU {results['fwIoU']:.2f}  per-image mIoU {per_image['mIoU_mean']:.2f} "
+            f"(worst 10 %: {per_image['mIoU_worst10']:.2f}, {per_image['images_scored']} images)")
+    if "mIoU_ci" in results:
+        ci = results["mIoU_ci"]
+        line += f"  mIoU 95 % CI [{ci['low']:.2f}, {ci['high']:.2f}] ({ci['resamples']} resamples)"
+    out.print(line)
+    if "size" in results:
+        sizes = Table(title="object-size breakdown (segbench protocol: see README)")
+        for column in ("bucket", "area (px)", "mIoU", "segments", "classes"):
+            sizes.add_column(column, justify="left" if column == "bucket" else "right")
+        for name, b in results["size"].items():
+            area = f"{b['min_area']}-{b['max_area']}" if b["max_area"] else f">= {b['min_area']}"
+            sizes.add_row(name, area, "—" if b["mIoU"] != b["mIoU"] else f"{b['mIoU']:.2f}", str(b["segments"]),
+                          str(b["classes_present"]))
+        out.print(sizes)
+    if args.predictions:
+        _console().print(f"predictions read as {run['ids']} ids ({run['ids_note']})")
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from segbench.metrics.stats import compare_records
+
+    try:
+        result = compare_records(Path(args.a), Path(args.b), args.resamples, args.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    _stdout().print(
+        f"{result['dataset']}, {result['images']} images: mIoU A {result['mIoU_a']:.2f}, B {result['mIoU_b']:.2f}, "
+        f"A - B = {result['delta_mIoU']:+.2f} (95 % CI [{result['low']:+.2f}, {result['high']:+.2f}]); "
+        f"A not better than B in {100 * result['p_value']:.1f} % of {result['resamples']} paired bootstrap resamples "
+        f"(one-sided p = {result['p_value']:.3f})")
     return EXIT_OK
 
 
@@ -166,12 +215,13 @@ def cmd_models(args) -> int:
         _print_json(rows)
         return EXIT_OK
     table = Table(title=f"segbench models ({len(rows)})")
-    for column in ("name", "family", "encoder", "decoder", "params (M)", "encoder (M)", "decoder (M)", "crop",
-                   "patch", "norm"):
+    for column in ("name", "family", "encoder", "decoder", "params (M)", "encoder (M)", "decoder (M)", "aux (M)",
+                   "crop", "patch", "norm"):
         table.add_column(column, justify="right" if "(M)" in column or column in ("crop", "patch") else "left")
     for r in rows:
         table.add_row(r["name"], r["family"], r["encoder"], r["decoder"], f"{r['params'] / 1e6:.2f}",
-                      f"{r['encoder_params'] / 1e6:.2f}", f"{r['decoder_params'] / 1e6:.2f}", str(r["crop_size"]),
+                      f"{r['encoder_params'] / 1e6:.2f}", f"{r['decoder_params'] / 1e6:.2f}",
+                      f"{r['aux_params'] / 1e6:.2f}", str(r["crop_size"]),
                       str(r["patch_size"]), r["normalization"])
     _stdout().print(table)
     return EXIT_OK
@@ -276,17 +326,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate one model on one dataset split")
-    p.add_argument("model")
+    p = sub.add_parser("eval", help="evaluate one model, or score a folder of predictions, on one dataset split")
+    p.add_argument("model", nargs="?", help="registry name (omit with --predictions)")
+    p.add_argument("--predictions", metavar="DIR",
+                   help="score prediction PNGs named after the images (<name>.png) instead of running a model")
+    p.add_argument("--ids", choices=("auto", "train", "label"), default="auto",
+                   help="what prediction PNGs hold: training ids, the dataset's label ids (e.g. Cityscapes "
+                        "labelIds), or auto-detect (default)")
     p.add_argument("--checkpoint")
     p.add_argument("--dataset", required=True)
     p.add_argument("--root")
     p.add_argument("--split", default="val")
     p.add_argument("--protocol", choices=("single_scale", "multi_scale"), default="single_scale")
     p.add_argument("--max-images", type=int)
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% CI of mIoU (0: none)")
+    p.add_argument("--no-size", action="store_true", help="skip the object-size breakdown")
+    p.add_argument("--out", metavar="RECORD.json", help="also write a record (+ per-image counts beside it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="paired bootstrap test: does record A beat record B on the same images?")
+    p.add_argument("a", help="evaluation record (JSON) of model A")
+    p.add_argument("b", help="evaluation record (JSON) of model B")
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'segformer*'")

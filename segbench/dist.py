@@ -49,6 +49,24 @@ def all_reduce_sum(array: np.ndarray) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
+def shard(count: int) -> range:
+    """The indices of ``range(count)`` this rank handles: r, r + W, r + 2W, ..."""
+    return range(rank(), count, world_size())
+
+
+def gather_sharded(items: list) -> list:
+    """Inverse of :func:`shard`: every rank's items (one per index it handled), back in
+    index order on every rank. One ``all_gather_object``."""
+    if not is_distributed():
+        return items
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    merged = [None] * sum(len(p) for p in parts)
+    for r, part in enumerate(parts):
+        merged[r::world_size()] = part
+    return merged
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -22,14 +22,15 @@ import torch
 
 from segbench import dist
 from segbench.data.datasets import DATASETS, DatasetError, build_dataset
-from segbench.engine.evaluate import SegmentationEvaluator, evaluate, paper_protocol
+from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
 from segbench.engine.train import resolve_recipe, train
+from segbench.metrics.stats import save_per_image
 from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
 from segbench.robustness.corruptions import corruption_grid, grid_cells
-from segbench.robustness.sweep import CLEAN, CorruptionCache, evaluate_cell, sweep_key
+from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
 from segbench.suite import EvalSpec, Suite
 
 
@@ -90,6 +91,8 @@ def _model_config(suite: Suite, key: str, dataset: str, train_ids: dict[str, str
     """The part of an evaluation's config that says which weights meet which dataset."""
     model = suite.models[key]
     weights = {"trained_by": train_ids[key]} if key in train_ids else {"checkpoint": model.checkpoint}
+    if model.allow_partial:  # only when set, so existing job ids stay the same
+        weights["allow_partial"] = True
     return {"arch": model.arch, "num_classes": model.num_classes or num_classes_of(suite, dataset), **weights,
             "dataset": asdict(suite.datasets[dataset])}
 
@@ -128,7 +131,7 @@ class Runner:
     def __init__(self, suite: Suite, device: str, results_dir: Path, console=None, progress=None):
         self.suite, self.device, self.results_dir = suite, device, results_dir
         self.console, self.progress = console, progress
-        self._model_cache: tuple[tuple, torch.nn.Module] | None = None
+        self._model_cache: tuple[tuple, torch.nn.Module, object] | None = None
 
     def run_train(self, job: Job) -> dict:
         config, t = job.config, job.config["train"]
@@ -152,11 +155,17 @@ class Runner:
     def load(self, job: Job) -> tuple[torch.nn.Module, str | None]:
         config = job.config
         checkpoint = str(self.checkpoint_path_of(job)) if job.needs else config["checkpoint"]
-        key = (config["arch"], checkpoint, config["num_classes"])
+        key = (config["arch"], checkpoint, config["num_classes"], config.get("allow_partial", False))
         if self._model_cache is None or self._model_cache[0] != key:
-            model, _ = load_model(config["arch"], checkpoint, config["num_classes"])
-            self._model_cache = (key, model.to(self.device).eval())
+            model, report = load_model(config["arch"], checkpoint, config["num_classes"], key[3])
+            self._model_cache = (key, model.to(self.device).eval(), report)
         return self._model_cache[1], checkpoint
+
+    def load_report(self) -> dict | None:
+        """How the cached model's checkpoint loaded (format, ignored / missing keys), for the record."""
+        report = self._model_cache[2] if self._model_cache else None
+        return None if report is None else {"format": report.format, "complete": report.complete,
+                                            "summary": report.summary(), "notes": report.notes}
 
     def checkpoint_path_of(self, job: Job) -> Path:
         record = read_record(record_path(self.results_dir, job.needs))
@@ -173,40 +182,48 @@ class Runner:
         if overrides.get("mode") == "slide":
             overrides.setdefault("window", protocol.window or model.info.crop_size)
             overrides.setdefault("stride", protocol.stride or overrides["window"] * 2 // 3)
+        if overrides:
+            shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+            overrides["source"] = f"{protocol.source}; overridden by the suite: {shown}"
         return Protocol(**{**asdict(protocol), **overrides})
 
     def run_eval(self, job: Job) -> dict:
+        return self._evaluate(job, f"eval {job.model} {job.config['eval']['protocol']}")[0]
+
+    def run_corruption(self, job: Job) -> dict:
+        spec, cell = job.config["eval"], job.config["cell"]
+        cache = CorruptionCache(spec["root"], job.config["dataset"]["kind"], spec["split"]) if spec["root"] else None
+        name = f"{cell['corruption']}-{cell['severity']}"
+        result, dataset = self._evaluate(job, f"{job.model} {name}", lambda clean: corrupted_view(
+            clean, cell["corruption"], cell["severity"], cache))
+        preview = Path("previews") / job.meta["sweep"]["key"] / f"{name}.png"  # for the report's image grid
+        if dist.is_main() and not (self.results_dir / preview).exists():  # the same for every model
+            write_preview(self.results_dir / preview, dataset[0].image)
+        return {**result, "preview": str(preview), "source": source_of(cell["corruption"], cache)}
+
+    def _evaluate(self, job: Job, description: str, view=None) -> tuple[dict, object]:
+        """Evaluate the job's model on its dataset (or ``view(dataset)``): record fields, dataset."""
         config, spec = job.config, job.config["eval"]
         dataset = build_dataset(config["dataset"]["kind"], spec["split"], config["dataset"]["root"],
                                 **config["dataset"]["options"])
         model, checkpoint = self.load(job)
         protocol = self.protocol_for(model, dataset, spec)
-        seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
+        dataset = view(dataset) if view else dataset
+        evaluators = standard_evaluators(dataset, spec["size_breakdown"], spec["bootstrap"], self.suite.seed)
         count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
-        task = self._task(f"eval {job.model} {spec['protocol']}", count)
-        timing = evaluate(model, dataset, protocol, [seg], self.device, spec["max_images"],
+        task = self._task(description, count)
+        timing = evaluate(model, dataset, protocol, evaluators, self.device, spec["max_images"],
                           progress=lambda: self._advance(task))
+        per_image_file = None
+        if spec["per_image"]:  # per-image counts beside the record, for `segbench compare`
+            per_image_file = f"{job.id}.per_image.npz"
+            if dist.is_main():
+                save_per_image(self.results_dir / per_image_file, evaluators[0].per_image, dataset.classes)
         return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+                "checkpoint_load": self.load_report(),
                 "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
-                "protocol": asdict(protocol), "metrics": seg.results(), "timings": timing.as_dict()}
-
-    def run_corruption(self, job: Job) -> dict:
-        config, spec, cell = job.config, job.config["eval"], job.config["cell"]
-        dataset = build_dataset(config["dataset"]["kind"], spec["split"], config["dataset"]["root"],
-                                **config["dataset"]["options"])
-        cache = CorruptionCache(spec["root"], config["dataset"]["kind"], spec["split"]) if spec["root"] else None
-        model, checkpoint = self.load(job)
-        protocol = self.protocol_for(model, dataset, spec)
-        count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
-        name = f"{cell['corruption']}-{cell['severity']}"
-        preview = Path("previews") / job.meta["sweep"]["key"] / f"{name}.png"
-        seg = SegmentationEvaluator(dataset.num_classes, dataset.classes)
-        task = self._task(f"{job.model} {name}", count)
-        result = evaluate_cell(model, dataset, protocol, cell["corruption"], cell["severity"], [seg], self.device,
-                               spec["max_images"], cache, self.results_dir / preview, lambda: self._advance(task))
-        return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-                "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
-                "protocol": asdict(protocol), "metrics": seg.results(), "preview": str(preview), **result}
+                "protocol": asdict(protocol), "metrics": collect_results(evaluators),
+                "per_image_file": per_image_file, "timings": timing.as_dict()}, dataset
 
     def run(self, job: Job) -> dict:
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
@@ -227,6 +244,22 @@ class Runner:
     def _advance(self, task, **kwargs) -> None:
         if self.progress is not None and task is not None:
             self.progress.update(task, advance=1, **kwargs)
+
+
+def eval_record(path: Path, dataset, split: str, run: dict, metrics: dict, per_image) -> dict:
+    """Write the record of a standalone evaluation (``segbench eval --out``), with its
+    per-image counts beside it, in the fields of a suite's eval records."""
+    config = {"dataset": dataset.name, "split": split, **{k: run.get(k) for k in ("model", "checkpoint", "predictions")}}
+    job_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    sidecar = path.with_name(f"{path.stem}.per_image.npz")
+    fields = {**run, "model": run.get("model") or run.get("predictions"), "arch": run.get("model")}
+    record = new_record(job_id, "", "eval", **fields, config=config, dataset=dataset.name, split=split,
+                        metrics=metrics, per_image_file=sidecar.name, status="ok", finished=now(),
+                        env=environment(run.get("device", "cpu")))
+    if dist.is_main():
+        save_per_image(sidecar, per_image, dataset.classes)
+        write_json_atomic(path, record)
+    return record
 
 
 def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1), console=None,

@@ -51,6 +51,7 @@ class ModelSpec:
     checkpoint: str | None = None  # segbench, official Segmenter/mmseg/HF/timm formats
     train: TrainSpec | None = None
     num_classes: int | None = None  # default: the class count of the datasets it meets
+    allow_partial: bool = False  # load a checkpoint that does not fit exactly (the record lists what did not)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class EvalSpec:
     scales: tuple[float, ...] | None = None
     flip: bool | None = None
     max_images: int | None = None  # evaluate only the first N images (quick runs)
+    size_breakdown: bool = True  # mIoU over small / medium / large objects (DESIGN.md protocol)
+    bootstrap: int = 1000  # resamples of the images for the 95 % interval of mIoU; 0: none
+    per_image: bool = True  # write per-image counts beside the record (<job>.per_image.npz) for `segbench compare`
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,8 @@ def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
         raise where.error(f"{path}.dataset", f"no dataset named {spec.dataset!r} in `datasets`")
     if spec.protocol not in PROTOCOLS:
         raise where.error(f"{path}.protocol", f"unknown protocol {spec.protocol!r}; choose from {PROTOCOLS}")
+    if spec.bootstrap < 0:
+        raise where.error(f"{path}.bootstrap", f"expected 0 (off) or a number of resamples, got {spec.bootstrap}")
     if spec.mode not in (None, "whole", "slide"):
         raise where.error(f"{path}.mode", f"mode must be 'whole' or 'slide', got {spec.mode!r}")
     for model in spec.models:

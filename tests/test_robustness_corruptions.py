@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagecorruptions import corrupt
+from layouts import write_ade, write_cityscapes
 from PIL import Image
 
-from segbench.data import datasets
-from segbench.data.datasets import Sample, SegDataset, Synthetic, build_dataset, read_image
+from segbench.data.datasets import Synthetic, build_dataset, read_image
 from segbench.robustness import corruptions
 from segbench.robustness.corruptions import (CORRUPTIONS, CorruptionError, corrupt_image, corruption_grid, generate,
                                              image_seed, read_manifest)
@@ -189,74 +189,35 @@ def test_a_torn_journal_line_is_ignored_and_other_library_versions_are_refused(t
         generate("synthetic", "val", None, tmp_path, grid, max_images=1)
 
 
-# --- a Cityscapes-layout fixture: <root>/leftImg8bit/val/<city>/..., <root>/gtFine/val/<city>/...
+# --- official layouts: Cityscapes (nested city folders, PNG) and ADE20K (JPEG sources)
 
 
-class CityscapesLayout(SegDataset):
-    """A stand-in reader of the Cityscapes layout (19 train ids stored directly), so generation
-    is tested on nested city folders whatever the real reader's label conventions."""
-
-
-    classes = tuple(f"class{i}" for i in range(19))
-
-    def __init__(self, root, split="val"):
-        root = Path(root)
-        files = []
-        for image in sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png")):
-            stem = image.name.removesuffix("_leftImg8bit.png")
-            labels = root / "gtFine" / split / image.parent.name
-            files.append((image, labels / f"{stem}_gtFine_labelTrainIds.png",
-                          labels / f"{stem}_gtFine_instanceIds.png"))
-        super().__init__(files, name=f"cityscapes_layout/{split}")
-
-    def __getitem__(self, index):
-        image, label, instances = self.files[index]
-        instance_map = np.asarray(Image.open(instances)).astype(np.int32)
-        return Sample(read_image(image), np.asarray(Image.open(label)), instance_map, image.stem)
-
-
-def make_cityscapes_fixture(root: Path, cities=("aachen", "bochum"), per_city=2, size=(48, 96)) -> Path:
-    rng = np.random.default_rng(0)
-    for city in cities:
-        for frame in range(per_city):
-            stem = f"{city}_000000_{frame:06d}"
-            for folder in ("leftImg8bit", "gtFine"):
-                (root / folder / "val" / city).mkdir(parents=True, exist_ok=True)
-            image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png")
-            gt = root / "gtFine" / "val" / city
-            train_ids = rng.integers(0, 19, size, dtype=np.uint8)
-            label_ids = (train_ids + 7).astype(np.uint8)  # a valid Cityscapes id range (7 = road, ...)
-            Image.fromarray(train_ids).save(gt / f"{stem}_gtFine_labelTrainIds.png")
-            Image.fromarray(label_ids).save(gt / f"{stem}_gtFine_labelIds.png")
-            Image.fromarray(np.zeros(size, np.uint16)).save(gt / f"{stem}_gtFine_instanceIds.png")
-    return root
-
-
-def test_cityscapes_layout_is_kept_with_labels_linked(tmp_path, monkeypatch):
-    root = make_cityscapes_fixture(tmp_path / "cityscapes")
-    monkeypatch.setitem(datasets.DATASETS, "cityscapes_layout", CityscapesLayout)
+def test_cityscapes_c_keeps_the_layout_links_the_labels_and_reads_with_the_reader(tmp_path):
+    root = tmp_path / "cityscapes"
+    label_ids = [np.full((40, 80), 7, np.uint8), np.full((40, 80), 26, np.uint8)]  # road, car
+    instances = [np.zeros((40, 80), np.uint16), np.full((40, 80), 26001, np.uint16)]
+    for city in ("aachen", "bochum"):
+        write_cityscapes(root, label_ids, instance_ids=instances, city=city)
     grid = corruption_grid(["frost", "impulse_noise"], [3])
-    summary = generate("cityscapes_layout", "val", str(root), tmp_path / "out", grid)
-    assert summary["written"] == 4 * 2
+    assert generate("cityscapes", "val", str(root), tmp_path / "out", grid, workers=2)["written"] == 4 * 2
+    clean = build_dataset("cityscapes", "val", str(root))
     for corruption in grid:
         cell = tmp_path / "out" / corruption / "3"
-        copy, clean = CityscapesLayout(cell), CityscapesLayout(root)
+        copy = build_dataset("cityscapes", "val", str(cell))  # the reader, on the corrupted root
         assert [Path(f[0]).relative_to(cell) for f in copy.files] == [Path(f[0]).relative_to(root) for f in clean.files]
         for i in range(len(clean)):
-            name = Path(clean.files[i][0]).stem  # the image id: aachen_000000_000000_leftImg8bit
+            name = Path(clean.files[i][0]).stem  # the image id: aachen_000000_000019_leftImg8bit
             np.testing.assert_array_equal(copy[i].image, direct_call(clean[i].image, name, corruption, 3))
             np.testing.assert_array_equal(copy[i].label, clean[i].label)
+            np.testing.assert_array_equal(copy[i].instances, clean[i].instances)
             assert os.path.samefile(copy.files[i][1], clean.files[i][1])  # hard-linked, not rewritten
 
 
-@pytest.mark.skipif("cityscapes" not in datasets.DATASETS, reason="the Cityscapes reader is not in this tree")
-def test_the_cityscapes_reader_reads_the_corrupted_copy(tmp_path):
-    root = make_cityscapes_fixture(tmp_path / "cityscapes")
-    generate("cityscapes", "val", str(root), tmp_path / "out", corruption_grid(["fog"], [1]), workers=2)
-    copy, clean = build_dataset("cityscapes", "val", str(tmp_path / "out" / "fog" / "1")), build_dataset(
-        "cityscapes", "val", str(root))
-    assert len(copy) == len(clean) == 4
-    for i in range(4):
-        np.testing.assert_array_equal(copy[i].label, clean[i].label)
-        np.testing.assert_array_equal(copy[i].image, CorruptedDataset(clean, "fog", 1)[i].image)
+def test_ade20k_jpeg_sources_become_png_the_reader_accepts(tmp_path):
+    write_ade(tmp_path / "ade", [np.full((40, 60), 3, np.uint8)] * 2)
+    generate("ade20k", "val", str(tmp_path / "ade"), tmp_path / "out", corruption_grid(["snow"], [1]))
+    copy = build_dataset("ade20k", "val", str(tmp_path / "out" / "snow" / "1"))
+    clean = build_dataset("ade20k", "val", str(tmp_path / "ade"))
+    assert [Path(f[0]).name for f in copy.files] == ["ADE_val_00000001.png", "ADE_val_00000002.png"]
+    for i in range(2):
+        np.testing.assert_array_equal(copy[i].image, CorruptedDataset(clean, "snow", 1)[i].image)

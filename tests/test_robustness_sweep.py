@@ -14,7 +14,8 @@ from segbench.models import create_model
 from segbench.models.checkpoints import save_checkpoint
 from segbench.results import load_records
 from segbench.robustness.corruptions import corruption_grid, generate
-from segbench.robustness.sweep import collect_sweeps, evaluate_cell
+from segbench.engine.evaluate import evaluate
+from segbench.robustness.sweep import CorruptedDataset, collect_sweeps
 from segbench.runner import plan, run_suite
 from segbench.suite import SuiteError, load_suite
 
@@ -53,13 +54,14 @@ def counting(monkeypatch, stop_after: int | None = None) -> list:
     """Count cell evaluations; raise KeyboardInterrupt (as Ctrl-C would) after ``stop_after``."""
     calls = []
 
-    def counted(model, dataset, protocol, corruption, severity, *args, **kwargs):
+    def counted(model, dataset, *args, **kwargs):
         if stop_after is not None and len(calls) == stop_after:
             raise KeyboardInterrupt
-        calls.append((corruption, severity))
-        return evaluate_cell(model, dataset, protocol, corruption, severity, *args, **kwargs)
+        cell = (dataset.corruption, dataset.severity) if isinstance(dataset, CorruptedDataset) else ("clean", 0)
+        calls.append(cell)
+        return evaluate(model, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate_cell", counted)
+    monkeypatch.setattr(runner, "evaluate", counted)
     return calls
 
 

@@ -1,75 +1,165 @@
 """The evaluation loop: one plain pass over a dataset, feeding each prediction to a
-list of evaluators (metric state objects). Model time is measured apart from data
-loading and metric updates.
+list of evaluators (metric state objects). Predictions come from a model (``evaluate``,
+model time measured apart from data loading and metric updates) or from a folder of
+PNGs written by anything else (``score_predictions``); both go through the same loop and
+the same evaluators.
 
-Each model family's single-scale protocol follows its paper (see ``paper_protocol``);
-``multi_scale`` adds ratios 0.5-1.75 and horizontal flip on top of it.
+Each model family's single-scale protocol follows its paper on each dataset (see
+``paper_protocol``); ``multi_scale`` adds ratios 0.5-1.75 and horizontal flip on top of it.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from segbench import dist
-from segbench.data.datasets import Sample, SegDataset
+from segbench.data.datasets import IGNORE_INDEX, DatasetError, Sample, SegDataset, identity_lut, map_ids, read_id_map
 from segbench.engine.inference import Protocol, predict
 from segbench.metrics.confusion import ConfusionMatrix
+from segbench.metrics.size import SizeBreakdown
+from segbench.metrics.stats import PerImageCounts, bootstrap_miou
 from segbench.models import ModelInfo
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+# Sliding windows (window, stride) of the official configs where a dataset has its own.
+# Elsewhere (ADE20K, COCO-Stuff, the synthetic set) the window is the model's training crop.
+PAPER_SLIDE = {
+    ("segmenter", "cityscapes"): (768, 512, "rstrudel/segmenter config.yml (cityscapes); mmseg Segmenter configs"),
+    ("segmenter", "pascal_context"): (480, 320, "rstrudel/segmenter config.yml (pascal_context)"),
+    ("setr", "cityscapes"): (768, 512, "fudan-zvg/SETR configs (768x768 cityscapes)"),
+    ("setr", "pascal_context"): (480, 320, "fudan-zvg/SETR configs (480x480 pascal_context)"),
+    ("segformer", "cityscapes"): (1024, 768, "NVlabs/SegFormer configs (1024x1024 city); paper Sec. 4.1"),
+    ("fcn", "pascal_context"): (480, 320, "mmseg FCN pascal_context configs"),
+    ("deeplabv3plus", "pascal_context"): (480, 320, "mmseg DeepLabv3+ pascal_context configs"),
+}
+WHOLE_IMAGE_FAMILIES = ("segformer", "fcn", "deeplabv3plus")  # their papers / mmseg configs test whole images
 
 
 def paper_protocol(info: ModelInfo, dataset: SegDataset, multi_scale: bool = False) -> Protocol:
     """The single-scale (or multi-scale + flip) test protocol of the model's paper.
 
-    - Segmenter: sliding window = training crop, stride = crop - 32 (official default),
-      short side upscaled to at least the window.
-    - SETR: sliding window, stride = 2/3 of the window (512/341 ADE20K, 768/512 Cityscapes).
-    - SegFormer: whole image, sides resized to multiples of 32 (ADE20K protocol).
-    - CNN baselines (mmseg configs): whole image.
-    A model's ``info.test_mode`` / ``info.test_stride`` (e.g. from an official checkpoint's
-    settings) take precedence over these defaults.
+    - Segmenter: sliding window = training crop, stride = crop - 32 on ADE20K (mmseg's
+      Segmenter configs: 512/480, 640/608), 768/512 Cityscapes, 480/320 Pascal Context;
+      the short side upscaled to at least the window (official ``inference``).
+    - SETR: sliding window, stride = 2/3 of the window (512/341 ADE20K, 768/512
+      Cityscapes, 480/320 Pascal Context, where SETR's own resize sets the short side to 520).
+    - SegFormer: whole image, sides resized up to multiples of 32 (ADE20K, COCO-Stuff);
+      Cityscapes sliding window 1024/768.
+    - CNN baselines (mmseg configs): whole image; Pascal Context 480/320 windows.
+    The test resize is the dataset's (mmseg 0.x): ADE20K and COCO-Stuff short side 512
+    (640 for the 640-crop variants), Cityscapes 2048x1024, Pascal Context long side 520.
+    Families or datasets without a paper setting (e.g. the synthetic set) use the model's
+    ``info.test_mode`` with its crop as window. ``info.test_stride`` (e.g. an official
+    checkpoint's setting) takes precedence over any stride here.
     """
-    window = info.crop_size
-    if info.test_mode == "slide":
-        default_stride = window * 2 // 3 if info.family == "setr" else window - 32
-        stride = info.test_stride or max(default_stride, 1)
-        protocol = Protocol(mode="slide", window=window, stride=stride, test_scale=dataset.test_scale,
-                            min_short_side=window if info.family == "segmenter" else None)
+    family, kind = info.family, dataset.kind.removesuffix("_59")
+    test_scale = dataset.test_scale
+    if kind == "ade20k" and info.crop_size == 640:
+        test_scale = (2048, 640)  # the 640x640 ADE20K configs (Segmenter ViT-L, SegFormer B5)
+    window = stride = min_short_side = size_divisor = None
+    if (family, kind) in PAPER_SLIDE:
+        window, stride, cited = PAPER_SLIDE[family, kind]
+        mode = "slide"
+    elif family in WHOLE_IMAGE_FAMILIES or (family not in ("segmenter", "setr") and info.test_mode == "whole"):
+        mode, cited = "whole", f"{family} paper / mmseg configs: whole image"
     else:
-        protocol = Protocol(mode="whole", test_scale=dataset.test_scale,
-                            size_divisor=32 if info.family == "segformer" else None)
+        mode, window = "slide", info.crop_size
+        stride = window * 2 // 3 if family == "setr" else window - 32
+        cited = ("fudan-zvg/SETR configs: stride 2/3 of the window" if family == "setr"
+                 else "mmseg Segmenter configs: stride = window - 32")
+    if mode == "slide" and info.test_stride:
+        stride, cited = info.test_stride, f"{cited}; stride {info.test_stride} from the model's settings"
+    if family == "segmenter" and mode == "slide":
+        min_short_side = window  # official inference: resize(im, window_size) upscales smaller images
+    if (family, kind) == ("setr", "pascal_context"):
+        test_scale, min_short_side = None, 520  # SETR's Resize(dataset='pascal_context'): short side 520
+    if family == "segformer" and mode == "whole":
+        size_divisor = 32  # SegFormer's AlignedResize / ResizeToMultiple
+    shape = f"slide {window}/{stride}" if mode == "slide" else "whole"
+    protocol = Protocol(mode=mode, window=window, stride=max(stride, 1) if stride else None, test_scale=test_scale,
+                        min_short_side=min_short_side, size_divisor=size_divisor,
+                        source=f"{family} on {dataset.kind}: {shape} ({cited})")
     if multi_scale:
-        protocol = replace(protocol, scales=MS_RATIOS, flip=True)
+        protocol = replace(protocol, scales=MS_RATIOS, flip=True, source=protocol.source + " + ratios 0.5-1.75, flip")
     return protocol
 
 
 class SegmentationEvaluator:
-    """Dataset-level confusion matrix -> mIoU, mAcc, aAcc, fwIoU, per-class IoU."""
+    """Dataset-level confusion matrix -> mIoU, mAcc, aAcc, fwIoU, per-class IoU; per-image
+    counts -> per-image mIoU (mean, worst decile) and a bootstrap interval of mIoU."""
 
     name = "segmentation"
 
-    def __init__(self, num_classes: int, class_names: tuple[str, ...]):
+    def __init__(self, num_classes: int, class_names: tuple[str, ...], bootstrap: int = 0, seed: int = 0):
         self.class_names = class_names
+        self.bootstrap, self.seed = bootstrap, seed
         self.confusion = ConfusionMatrix(num_classes)
+        self.per_image = PerImageCounts(num_classes)
 
     def process(self, sample: Sample, pred: torch.Tensor) -> None:
-        self.confusion.update(pred, torch.from_numpy(sample.label))
+        counts = self.confusion.update(pred, torch.from_numpy(sample.label))
+        self.per_image.update(counts, sample.name)
 
     def synchronize(self) -> None:
         self.confusion.matrix = dist.all_reduce_sum(self.confusion.matrix)
+        rows = dist.gather_sharded(list(zip(self.per_image.names, self.per_image.rows)))
+        self.per_image.names, self.per_image.rows = [n for n, _ in rows], [r for _, r in rows]
 
     def results(self) -> dict:
         scores = self.confusion.compute()
-        return {
+        absent = [c for c, iou in zip(self.class_names, scores["IoU"]) if np.isnan(iou)]
+        out = {
             "mIoU": scores["mIoU"], "mAcc": scores["mAcc"], "aAcc": scores["aAcc"],
             "fwIoU": scores["fwIoU"], "mDice": scores["mDice"],
             "IoU": dict(zip(self.class_names, scores["IoU"])),
             "Acc": dict(zip(self.class_names, scores["Acc"])),
+            "absent_classes": absent,  # in neither ground truth nor prediction: IoU undefined, left out of mIoU
+            "per_image": self.per_image.compute(),
         }
+        if self.bootstrap and self.per_image.names:
+            out["mIoU_ci"] = bootstrap_miou(self.per_image.counts, self.bootstrap, self.seed)
+        return out
+
+
+class SizeEvaluator:
+    """mIoU over the pixels of small / medium / large objects (see ``segbench.metrics.size``)."""
+
+    name = "size"
+
+    def __init__(self, num_classes: int, class_names: tuple[str, ...], thresholds: tuple[int, int]):
+        self.class_names = class_names
+        self.breakdown = SizeBreakdown(num_classes, thresholds)
+
+    def process(self, sample: Sample, pred: torch.Tensor) -> None:
+        self.breakdown.update(pred, sample.label, sample.instances)
+
+    def synchronize(self) -> None:
+        self.breakdown.matrices = dist.all_reduce_sum(self.breakdown.matrices)
+        self.breakdown.segments = dist.all_reduce_sum(self.breakdown.segments)
+
+    def results(self) -> dict:
+        return {"size": self.breakdown.compute(self.class_names)}
+
+
+def standard_evaluators(dataset: SegDataset, size_breakdown: bool = True, bootstrap: int = 1000,
+                        seed: int = 0) -> list:
+    """The evaluators a record carries: dataset-level and per-image metrics, CIs, sizes."""
+    evaluators = [SegmentationEvaluator(dataset.num_classes, dataset.classes, bootstrap, seed)]
+    if size_breakdown:
+        evaluators.append(SizeEvaluator(dataset.num_classes, dataset.classes, dataset.size_buckets))
+    return evaluators
+
+
+def collect_results(evaluators: list) -> dict:
+    results = {}
+    for evaluator in evaluators:
+        results.update(evaluator.results())
+    return results
 
 
 @dataclass
@@ -84,31 +174,43 @@ class EvalTiming:
                 "images_per_second": self.images / self.model_seconds if self.model_seconds else None}
 
 
-def evaluate(model, dataset: SegDataset, protocol: Protocol, evaluators: list, device="cpu",
-             max_images: int | None = None, progress=None) -> EvalTiming:
-    """Run ``model`` over ``dataset`` with ``protocol``; evaluators accumulate the metrics.
+def run_evaluators(dataset: SegDataset, predict_one, evaluators: list, max_images: int | None = None,
+                   progress=None) -> int:
+    """Feed ``predict_one(sample)`` of each image to the evaluators; returns the image count.
 
     Under torch.distributed the images are split over ranks (rank r takes r, r + W, ...)
-    and evaluators are synchronised with one summing collective each.
+    and each evaluator is synchronised with one collective per state.
     """
-    model.eval()
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    indices = range(dist.rank(), count, dist.world_size())
-    start, model_seconds = time.perf_counter(), 0.0
-    for index in indices:
+    for index in dist.shard(count):
         sample = dataset[index]
-        _sync(device)
-        t0 = time.perf_counter()
-        scores = predict(model, sample.image, protocol, dataset.num_classes, device)
-        pred = scores.argmax(0).cpu()
-        _sync(device)
-        model_seconds += time.perf_counter() - t0
+        pred = predict_one(sample)
         for evaluator in evaluators:
             evaluator.process(sample, pred)
         if progress is not None:
             progress()
     for evaluator in evaluators:
         evaluator.synchronize()
+    return count
+
+
+def evaluate(model, dataset: SegDataset, protocol: Protocol, evaluators: list, device="cpu",
+             max_images: int | None = None, progress=None) -> EvalTiming:
+    """Run ``model`` over ``dataset`` with ``protocol``; evaluators accumulate the metrics."""
+    model.eval()
+    model_seconds = 0.0
+
+    def predict_one(sample: Sample) -> torch.Tensor:
+        nonlocal model_seconds
+        _sync(device)
+        t0 = time.perf_counter()
+        pred = predict(model, sample.image, protocol, dataset.num_classes, device).argmax(0).cpu()
+        _sync(device)
+        model_seconds += time.perf_counter() - t0
+        return pred
+
+    start = time.perf_counter()
+    count = run_evaluators(dataset, predict_one, evaluators, max_images, progress)
     model_seconds = float(dist.all_reduce_sum(np.array([model_seconds]))[0]) / dist.world_size()
     return EvalTiming(count, time.perf_counter() - start, model_seconds)
 
@@ -116,3 +218,95 @@ def evaluate(model, dataset: SegDataset, protocol: Protocol, evaluators: list, d
 def _sync(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+# --- predictions from anywhere ---------------------------------------------------------
+
+PREDICTION_IDS = ("auto", "train", "label")
+
+
+def prediction_files(folder: Path, dataset: SegDataset, count: int) -> list[Path]:
+    """The prediction PNG of each of the first ``count`` images, found by the image's name:
+    ``<name>.png`` or ``<name>_<anything>.png`` anywhere under ``folder`` (as the Cityscapes
+    evaluator matches ``<city>_<seq>_<frame>*.png``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such predictions folder")
+    by_stem: dict[str, list[Path]] = {}
+    for path in folder.rglob("*.png"):
+        by_stem.setdefault(path.stem, []).append(path)
+    files, missing = [], []
+    for index in range(count):
+        name = _sample_name(dataset, index)
+        matches = by_stem.get(name) or [p for stem, paths in by_stem.items() if stem.startswith(name + "_")
+                                        for p in paths]
+        if len(matches) > 1:
+            raise DatasetError(f"{folder}: several predictions for image {name}: "
+                               f"{', '.join(str(p) for p in matches[:3])}")
+        if not matches:
+            missing.append(name)
+        else:
+            files.append(matches[0])
+    if missing:
+        raise DatasetError(f"{folder}: no prediction for {len(missing)} of {count} images of {dataset.name} "
+                           f"(e.g. {', '.join(missing[:3])}); expected <image name>.png, e.g. {missing[0]}.png")
+    return files
+
+
+def _sample_name(dataset: SegDataset, index: int) -> str:
+    files = dataset.files[index]
+    return dataset.sample_name(files[0]) if files else dataset[index].name
+
+
+def detect_prediction_ids(files: list[Path], dataset: SegDataset) -> tuple[str, str]:
+    """Whether predictions hold training ids or the dataset's official label ids, from the
+    values they use: ids valid in only one space decide; ids valid in both are read as
+    training ids (and the note says so)."""
+    train_lut, label_lut = identity_lut(dataset.num_classes), dataset.label_lut
+
+    def fits(lut: np.ndarray, values: np.ndarray) -> bool:
+        return bool(((values >= 0) & (values <= 255)).all() and (lut[np.clip(values, 0, 255)] >= 0).all())
+
+    values = np.zeros(0, np.int64)
+    for path in files:  # stop at the first file that is not in training ids: that decides
+        values = np.union1d(values, np.unique(read_id_map(path)).astype(np.int64))
+        if not fits(train_lut, values):
+            break
+    as_train, as_label = fits(train_lut, values), fits(label_lut, values)
+    if as_train and as_label:
+        if (label_lut[values] == values).all():
+            return "train", "values fit training ids (the label ids are the same)"
+        return "train", "values fit training ids and label ids alike: read as training ids (pass --ids label if not)"
+    if as_train or as_label:
+        return ("train", "values fit only training ids") if as_train else ("label", "values fit only label ids")
+    bad = [v for v in values.tolist() if not (0 <= v <= 255 and (train_lut[v] >= 0 or label_lut[v] >= 0))][:5]
+    raise DatasetError(f"predictions hold values {bad}, neither training ids (0..{dataset.num_classes - 1}, "
+                       f"255 = unlabelled) nor {dataset.label_ids}")
+
+
+def score_predictions(dataset: SegDataset, folder: Path, evaluators: list, ids: str = "auto",
+                      max_images: int | None = None, progress=None) -> dict:
+    """Score a folder of prediction PNGs against ``dataset`` with ``evaluators``. Returns
+    how the predictions were read ({ids, ids_note, images})."""
+    if ids not in PREDICTION_IDS:
+        raise ValueError(f"ids must be one of {PREDICTION_IDS}, got {ids!r}")
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    files = prediction_files(folder, dataset, count)
+    note = "given"
+    if ids == "auto":
+        ids, note = detect_prediction_ids(files, dataset)
+    lut = identity_lut(dataset.num_classes) if ids == "train" else dataset.label_lut
+    what = (f"training ids (0..{dataset.num_classes - 1}, 255 = unlabelled)" if ids == "train"
+            else dataset.label_ids)
+    path_of = {_sample_name(dataset, i): files[i] for i in range(count)}
+
+    def load(sample: Sample) -> torch.Tensor:
+        path = path_of[sample.name]
+        pred = map_ids(read_id_map(path), lut, path, what)
+        if pred.shape != sample.label.shape:
+            raise DatasetError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} but the label of {sample.name} "
+                               f"is {sample.label.shape[1]}x{sample.label.shape[0]}")
+        return torch.from_numpy(pred)
+
+    run_evaluators(dataset, load, evaluators, max_images, progress)
+    return {"ids": ids, "ids_note": note, "images": count, "unlabelled_value": IGNORE_INDEX}

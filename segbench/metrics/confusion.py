@@ -2,10 +2,15 @@
 
 ``matrix[t, p]`` counts pixels of ground-truth class ``t`` predicted as ``p``, summed over
 the whole split: mIoU is a dataset-level number (totals over all images), as mmseg and
-the Cityscapes evaluator compute it, never a mean of per-image scores. A class absent
-from both ground truth and prediction over the split has an undefined IoU (NaN) and is
-left out of the means; a class predicted but never in the ground truth has IoU 0.
-Merging two states is adding their matrices, so distributed evaluation is one
+the Cityscapes evaluator compute it, never a mean of per-image scores. The matrix has one
+extra column, ``matrix[t, K]``: pixels the prediction left unlabelled (predicted as the
+ignore index, as a challenge submission in official label ids may do for void classes).
+They are misses of class ``t`` and false positives of no class, as in the Cityscapes
+evaluator; a model's argmax never produces them.
+
+A class absent from both ground truth and prediction over the split has an undefined IoU
+(NaN) and is left out of the means; a class predicted but never in the ground truth has
+IoU 0. Merging two states is adding their matrices, so distributed evaluation is one
 ``all_reduce(SUM)``.
 """
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """(K, K) int64 counts for one prediction/label pair of the same shape."""
+    """(K, K + 1) int64 counts for one prediction/label pair of the same shape."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
     target = target.reshape(-1).long()
@@ -24,38 +29,53 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     target, pred = target[keep], pred[keep]
     if target.numel() and (int(target.max()) >= num_classes or int(target.min()) < 0):
         raise ValueError(f"label values must be in [0, {num_classes}) or {ignore_index}")
-    if pred.numel() and (int(pred.max()) >= num_classes or int(pred.min()) < 0):
-        raise ValueError(f"predicted class ids must be in [0, {num_classes})")
-    counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).cpu()
+    pred = torch.where(pred == ignore_index, num_classes, pred)  # unlabelled -> the extra column
+    if pred.numel() and (int(pred.max()) > num_classes or int(pred.min()) < 0):
+        raise ValueError(f"predicted class ids must be in [0, {num_classes}) or {ignore_index} (unlabelled)")
+    counts = torch.bincount(target * (num_classes + 1) + pred, minlength=num_classes * (num_classes + 1))
+    return counts.reshape(num_classes, num_classes + 1).cpu()
 
 
-def scores_from_matrix(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
-    """Per-class IoU / Acc / Dice and their means (in %), aAcc and fwIoU."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    tp = np.diag(matrix)
-    gt = matrix.sum(1)  # label area per class
-    pred = matrix.sum(0)  # predicted area per class
+def class_counts(matrix: np.ndarray) -> np.ndarray:
+    """(..., 3, K) [intersection, label area, predicted area] of (..., K, K or K + 1) matrices."""
+    matrix = np.asarray(matrix)
+    k = matrix.shape[-2]
+    tp = np.diagonal(matrix[..., :k], axis1=-2, axis2=-1)
+    return np.stack([tp, matrix.sum(-1), matrix[..., :k].sum(-2)], axis=-2)
+
+
+def scores_from_counts(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class IoU / Acc / Dice and their means (in %), aAcc and fwIoU from (..., 3, K)
+    [intersection, label area, predicted area] counts; leading axes are kept (e.g. bootstrap
+    resamples)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    tp, gt, pred = counts[..., 0, :], counts[..., 1, :], counts[..., 2, :]
     union = gt + pred - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / union  # NaN when the class is absent from both
         acc = tp / gt  # NaN when absent from the ground truth
         dice = 2 * tp / (gt + pred)
-        total = gt.sum()
-        aacc = tp.sum() / total if total else np.nan
-        freq = gt / total if total else np.full_like(gt, np.nan)
-    present = ~np.isnan(iou)
-    fwiou = float(np.sum(freq[present] * iou[present])) if total else np.nan
+        total = gt.sum(-1)
+        aacc = tp.sum(-1) / total
+        fwiou = np.nansum(gt * iou, -1) / total
     return {
         "IoU": iou * 100, "Acc": acc * 100, "Dice": dice * 100,
-        "mIoU": _nanmean(iou) * 100, "mAcc": _nanmean(acc) * 100, "mDice": _nanmean(dice) * 100,
+        "mIoU": nanmean(iou) * 100, "mAcc": nanmean(acc) * 100, "mDice": nanmean(dice) * 100,
         "aAcc": aacc * 100, "fwIoU": fwiou * 100,
     }
 
 
-def _nanmean(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else float("nan")
+def scores_from_matrix(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
+    """Per-class IoU / Acc / Dice and their means (in %), aAcc and fwIoU of one matrix."""
+    return {name: value if value.ndim else float(value) for name, value in scores_from_counts(class_counts(matrix)).items()}
+
+
+def nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of the defined (non-NaN) entries; NaN where none is defined."""
+    defined = ~np.isnan(values)
+    count = defined.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(defined, values, 0).sum(-1) / count, np.nan)
 
 
 class ConfusionMatrix:
@@ -67,10 +87,10 @@ class ConfusionMatrix:
         self.reset()
 
     def reset(self) -> None:
-        self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.matrix = np.zeros((self.num_classes, self.num_classes + 1), np.int64)
 
     def update(self, pred, target) -> np.ndarray:
-        """Add one image (or batch); returns that image's own (K, K) counts."""
+        """Add one image (or batch); returns that image's own (K, K + 1) counts."""
         counts = confusion_counts(torch.as_tensor(pred), torch.as_tensor(target), self.num_classes,
                                   self.ignore_index).numpy()
         self.matrix += counts

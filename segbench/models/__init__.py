@@ -98,7 +98,8 @@ def describe_models(pattern: str = "*") -> list[dict]:
         total = sum(p.numel() for p in model.parameters())
         rows.append({
             "name": name, "family": info.family, "encoder": info.encoder, "decoder": info.decoder,
-            "params": total, "encoder_params": count("encoder."), "decoder_params": total - count("encoder."),
+            "params": total, "encoder_params": count("encoder."), "decoder_params": count("decoder."),
+            "aux_params": count("aux_heads."),  # auxiliary heads: training only
             "crop_size": info.crop_size, "patch_size": info.patch_size, "output_stride": info.output_stride,
             "normalization": "vit (0.5, 0.5)" if info.mean == VIT_MEAN else "imagenet",
             "test_mode": info.test_mode,

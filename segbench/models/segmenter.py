@@ -3,9 +3,26 @@ mask-transformer decoder.
 
 Parameter names follow the official repository (rstrudel/segmenter), so its
 ``checkpoint.pth`` files load without renaming: ``encoder.{patch_embed.proj, cls_token,
-pos_embed, blocks.N.*, norm}`` and ``decoder.head`` or ``decoder.{cls_emb, proj_dec,
-proj_patch, proj_classes, blocks.N.*, decoder_norm, mask_norm}``. The official code uses
-``nn.LayerNorm`` with its default eps (1e-5), unlike timm's ViT (1e-6).
+pos_embed, blocks.N.*, norm}`` (+ ``dist_token`` for DeiT) and ``decoder.head`` or
+``decoder.{cls_emb, proj_dec, proj_patch, proj_classes, blocks.N.*, decoder_norm,
+mask_norm}``. The official code uses ``nn.LayerNorm`` with its default eps (1e-5), unlike
+timm's ViT (1e-6). The official encoder also carries its ImageNet classifier
+(``encoder.head``, ``encoder.head_dist``), which segmentation never uses: it is left out
+here, and the checkpoint loader reports those keys as ignored.
+
+Variant names: ``segmenter_{encoder}{patch}_{decoder}[_{crop}]``
+
+- encoder: ``t`` / ``s`` / ``b`` / ``l`` (ViT-Ti/S/B/L, augreg ImageNet-21k weights,
+  mean = std = 0.5) or ``deit_b`` (DeiT-B distilled, Seg-B-dagger: ImageNet mean/std, a
+  distillation token and N + 2 position embeddings);
+- patch: 8, 16 or 32, where the paper has them (Table 3);
+- decoder: ``linear``, ``mask`` (mask transformer, 2 layers) or ``mask1`` (1 layer, the
+  Cityscapes Seg-L-Mask/16 of Sec. 4.4);
+- crop: the training crop when it is not ADE20K's 512 (Seg-L-Mask/16 at 640, Table 6;
+  Cityscapes 768). Every variant runs at any input size and takes ``crop_size=`` to build
+  its position embeddings for another crop (the checkpoint loader does this).
+
+``segmenter_micro_p{patch}_{decoder}`` are tiny encoders for the CPU quickstart.
 """
 from __future__ import annotations
 
@@ -40,6 +57,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_ext
 
 def init_linear_and_norm(module: nn.Module) -> None:
     """The official initialisation: truncated normal (0.02) linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear) and module.weight.is_meta:
+        return  # nothing to initialise on the meta device (`segbench models` builds there: keep it fast)
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -49,11 +68,13 @@ def init_linear_and_norm(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def vit_blocks(dim: int, depth: int, heads: int, drop_path: float, dropout: float = 0.0) -> nn.ModuleList:
+def vit_blocks(dim: int, depth: int, heads: int, drop_path: float, dropout: float = 0.0,
+               norm_layer=LayerNorm) -> nn.ModuleList:
+    """Pre-norm ViT blocks (qkv bias, MLP ratio 4) with linearly increasing drop-path rates."""
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # linear, as torch.linspace
     return nn.ModuleList(
         Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout, attn_drop=dropout,
-              drop_path=rate, norm_layer=LayerNorm)
+              drop_path=rate, norm_layer=norm_layer)
         for rate in rates
     )
 
@@ -151,13 +172,14 @@ class Segmenter(nn.Module):
 
 
 def _segmenter(num_classes: int, *, encoder: str, patch_size: int, dim: int, depth: int, heads: int,
-               decoder: str, crop_size: int = 512, distilled: bool = False, decoder_depth: int = 2,
-               drop_path: float = 0.1, mean=VIT_MEAN, std=VIT_STD) -> Segmenter:
+               decoder: str, crop_size: int = 512, distilled: bool = False, drop_path: float = 0.1,
+               mean=VIT_MEAN, std=VIT_STD) -> Segmenter:
+    """``decoder``: "linear", "mask" (2-layer mask transformer) or "mask1" (1 layer)."""
     enc = ViTEncoder(crop_size, patch_size, dim, depth, heads, distilled=distilled, drop_path=drop_path)
     if decoder == "linear":
         dec = LinearDecoder(dim, num_classes)
     else:
-        dec = MaskTransformer(dim, num_classes, depth=decoder_depth)
+        dec = MaskTransformer(dim, num_classes, depth={"mask": 2, "mask1": 1}[decoder])
     info = ModelInfo(name="", family="segmenter", encoder=encoder, decoder=decoder, num_classes=num_classes,
                      patch_size=patch_size, output_stride=1, crop_size=crop_size, mean=mean, std=std,
                      test_mode="slide")
@@ -165,16 +187,114 @@ def _segmenter(num_classes: int, *, encoder: str, patch_size: int, dim: int, dep
 
 
 # --- variants -------------------------------------------------------------------------
+# Encoders of Segmenter Table 1 (head size 64, MLP ratio 4); which (encoder, patch, decoder)
+# the paper trains: Table 3 (linear), Table 4 (mask), Table 6 and the official model zoo.
+
+VIT_T = dict(dim=192, depth=12, heads=3)
+VIT_S = dict(dim=384, depth=12, heads=6)
+VIT_B = dict(dim=768, depth=12, heads=12)
+VIT_L = dict(dim=1024, depth=24, heads=16)
+DEIT_B = dict(VIT_B, distilled=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@register_model
+def segmenter_t16_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_t16", patch_size=16, decoder="linear", **VIT_T, **kw)
+
+
+@register_model
+def segmenter_t16_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_t16", patch_size=16, decoder="mask", **VIT_T, **kw)
+
+
+@register_model
+def segmenter_s32_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_s32", patch_size=32, decoder="linear", **VIT_S, **kw)
+
+
+@register_model
+def segmenter_s16_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_s16", patch_size=16, decoder="linear", **VIT_S, **kw)
+
+
+@register_model
+def segmenter_s16_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_s16", patch_size=16, decoder="mask", **VIT_S, **kw)
+
+
+@register_model
+def segmenter_b32_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_b32", patch_size=32, decoder="linear", **VIT_B, **kw)
+
+
+@register_model
+def segmenter_b32_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_b32", patch_size=32, decoder="mask", **VIT_B, **kw)
+
+
+@register_model
+def segmenter_b16_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_b16", patch_size=16, decoder="linear", **VIT_B, **kw)
+
+
+@register_model
+def segmenter_b16_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_b16", patch_size=16, decoder="mask", **VIT_B, **kw)
+
+
+@register_model
+def segmenter_b8_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_b8", patch_size=8, decoder="linear", **VIT_B, **kw)
+
+
+@register_model
+def segmenter_deit_b16_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="deit_b16", patch_size=16, decoder="linear", **DEIT_B, **kw)
+
+
+@register_model
+def segmenter_deit_b16_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="deit_b16", patch_size=16, decoder="mask", **DEIT_B, **kw)
+
+
+@register_model
+def segmenter_l16_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_l16", patch_size=16, decoder="linear", **VIT_L, **kw)
+
+
+@register_model
+def segmenter_l16_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_l16", patch_size=16, decoder="mask", **VIT_L, **kw)
+
+
+@register_model
+def segmenter_l16_mask_640(num_classes: int, crop_size: int = 640, **kw) -> Segmenter:
+    # ADE20K's best model (Table 6, "trained with a resolution of 640x640", Sec. 4.2).
+    return _segmenter(num_classes, encoder="vit_l16", patch_size=16, decoder="mask", crop_size=crop_size,
+                      **VIT_L, **kw)
+
+
+@register_model
+def segmenter_l16_mask1_768(num_classes: int, crop_size: int = 768, **kw) -> Segmenter:
+    # Cityscapes (Sec. 4.4, Table 8): one decoder layer, "as two layers did not fit into memory".
+    return _segmenter(num_classes, encoder="vit_l16", patch_size=16, decoder="mask1", crop_size=crop_size,
+                      **VIT_L, **kw)
+
+
 # Tiny encoders for the synthetic quickstart (128 px images, CPU training in seconds).
+VIT_MICRO = dict(dim=64, depth=4, heads=2, crop_size=128)
+
 
 @register_model
 def segmenter_micro_p8_linear(num_classes: int, **kw) -> Segmenter:
-    return _segmenter(num_classes, encoder="vit_micro_p8", patch_size=8, dim=64, depth=4, heads=2,
-                      decoder="linear", crop_size=128, **kw)
+    return _segmenter(num_classes, encoder="vit_micro_p8", patch_size=8, decoder="linear", **{**VIT_MICRO, **kw})
+
+
+@register_model
+def segmenter_micro_p8_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="vit_micro_p8", patch_size=8, decoder="mask", **{**VIT_MICRO, **kw})
 
 
 @register_model
 def segmenter_micro_p32_linear(num_classes: int, **kw) -> Segmenter:
-    return _segmenter(num_classes, encoder="vit_micro_p32", patch_size=32, dim=64, depth=4, heads=2,
-                      decoder="linear", crop_size=128, **kw)
-
+    return _segmenter(num_classes, encoder="vit_micro_p32", patch_size=32, decoder="linear", **{**VIT_MICRO, **kw})

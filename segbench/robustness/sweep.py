@@ -21,10 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segbench import dist
 from segbench.data.datasets import Sample, SegDataset, read_image
-from segbench.engine.evaluate import evaluate
-from segbench.engine.inference import Protocol
 from segbench.results import file_sha256
 from segbench.robustness.corruptions import CorruptionError, corrupt_image, image_id, pixels_sha256, read_manifest
 from segbench.robustness.scores import corruption_degradation, robustness_scores, severity_curves
@@ -93,21 +90,18 @@ def sweep_key(dataset: dict, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def evaluate_cell(model, dataset: SegDataset, protocol: Protocol, corruption: str, severity: int, evaluators: list,
-                  device, max_images: int | None, cache: CorruptionCache | None = None, preview: Path | None = None,
-                  progress=None) -> dict:
-    """Run ``model`` on one cell (``CLEAN``, 0: the dataset as it is), feeding ``evaluators``;
-    writes a small preview of the cell's first image if ``preview`` does not exist yet."""
-    if corruption != CLEAN:
-        dataset = CorruptedDataset(dataset, corruption, severity, cache)
-    timing = evaluate(model, dataset, protocol, evaluators, device, max_images, progress=progress)
-    if preview is not None and dist.is_main() and not preview.exists():
-        _write_preview(preview, dataset[0].image)
-    return {"timings": timing.as_dict(),
-            "source": CLEAN if corruption == CLEAN else str(cache.root) if cache is not None else "on_the_fly"}
+def corrupted_view(dataset: SegDataset, corruption: str, severity: int, cache: CorruptionCache | None = None):
+    """The dataset seen under one cell: itself for ``CLEAN``, else a :class:`CorruptedDataset`."""
+    return dataset if corruption == CLEAN else CorruptedDataset(dataset, corruption, severity, cache)
 
 
-def _write_preview(path: Path, image: np.ndarray) -> None:
+def source_of(corruption: str, cache: CorruptionCache | None) -> str:
+    """Where a cell's images come from, as records say it."""
+    return CLEAN if corruption == CLEAN else str(cache.root) if cache is not None else "on_the_fly"
+
+
+def write_preview(path: Path, image: np.ndarray) -> None:
+    """A small copy of a cell's first image, for the report's grid."""
     if image.shape[1] > PREVIEW_WIDTH:
         height = round(image.shape[0] * PREVIEW_WIDTH / image.shape[1])
         image = cv2.resize(image, (PREVIEW_WIDTH, height), interpolation=cv2.INTER_AREA)

@@ -1,0 +1,321 @@
+"""Checkpoint formats: each one written here in its exact official layout (random weights),
+loaded through ``load_model`` / ``init_encoder_from_imagenet``, giving the same logits;
+refusals for partial loads, wrong architectures and pickled objects."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from segbench.models import IMAGENET_MEAN, VIT_MEAN, create_model
+from segbench.models.checkpoints import (HF_SEGFORMER_FORMAT, MMSEG_FORMAT, SEGMENTER_FORMAT, CheckpointError,
+                                         detect_format, init_encoder_from_imagenet, load_model, save_checkpoint)
+
+
+def _randomise(model):
+    """Random values everywhere, BN statistics included, so a dropped tensor shows in the logits."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) * 0.2 + 0.9 if t.ndim == 1 else torch.randn_like(t) * 0.05)
+    return model.eval()
+
+
+def _logits(model, size=(64, 64)):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return model.eval()(torch.randn(1, 3, *size))
+
+
+def test_segbench_round_trip(tmp_path):
+    model = _randomise(create_model("segmenter_micro_p8_mask", 9))
+    path = save_checkpoint(tmp_path / "final.pth", model, iteration=3)
+    loaded, report = load_model("segmenter_micro_p8_mask", path, 9)
+    assert report.complete and loaded.info == model.info
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="holds a segmenter_micro_p8_mask"):
+        load_model("segmenter_micro_p8_linear", path, 9)
+
+
+def _official_segmenter(tmp_path, model, decoder: dict, normalization="vit", distilled=False):
+    """``checkpoint.pth`` + ``variant.yml`` as rstrudel/segmenter's train.py writes them."""
+    state = dict(model.state_dict())
+    dim = model.encoder.cls_token.shape[-1]
+    state["encoder.head.weight"], state["encoder.head.bias"] = torch.randn(1000, dim), torch.zeros(1000)
+    if distilled:
+        state["encoder.head_dist.weight"], state["encoder.head_dist.bias"] = torch.randn(1000, dim), torch.zeros(1000)
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
+                "n_cls": model.info.num_classes, "lr_scheduler": {"last_epoch": 10, "base_lrs": [1e-3]},
+                "epoch": 63}, tmp_path / "checkpoint.pth")
+    crop = model.info.crop_size
+    variant = {"net_kwargs": {"backbone": "vit_tiny_patch16_384", "image_size": (crop, crop), "patch_size": 16,
+                              "d_model": dim, "n_heads": 3, "n_layers": 12, "normalization": normalization,
+                              "distilled": distilled, "dropout": 0.0, "drop_path_rate": 0.1, "decoder": decoder,
+                              "n_cls": model.info.num_classes},
+               "inference_kwargs": {"im_size": 512, "window_size": crop, "window_stride": crop - 32},
+               "dataset_kwargs": {"normalization": normalization}}
+    text = yaml.dump(variant)  # PyYAML's default Dumper, as the official code: tuples become !!python/tuple
+    assert "!!python/tuple" in text
+    (tmp_path / "variant.yml").write_text(text)
+    return tmp_path / "checkpoint.pth"
+
+
+def test_official_segmenter_checkpoint(tmp_path):
+    model = _randomise(create_model("segmenter_t16_mask", 150, crop_size=64))
+    decoder = {"name": "mask_transformer", "drop_path_rate": 0.0, "dropout": 0.1, "n_layers": 2}
+    path = _official_segmenter(tmp_path, model, decoder)
+    loaded, report = load_model("segmenter_t16_mask", path, 150)
+    assert report.format == SEGMENTER_FORMAT and report.complete
+    assert sorted(report.ignored) == ["encoder.head.bias", "encoder.head.weight"]  # the unused ImageNet classifier
+    assert loaded.info.crop_size == 64 and loaded.info.mean == VIT_MEAN  # settings travel with the model
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=0)
+
+    with pytest.raises(CheckpointError, match="segmenter_t16_mask"):  # variant.yml describes another architecture
+        load_model("segmenter_t16_linear", path, 150)
+    with pytest.raises(CheckpointError, match="150 classes"):
+        load_model("segmenter_t16_mask", path, 19)
+
+
+def test_official_segmenter_deit_normalisation(tmp_path):
+    model = create_model("segmenter_deit_b16_linear", 150, crop_size=32).eval()  # no BN: random as built
+    path = _official_segmenter(tmp_path, model, {"name": "linear"}, normalization="deit", distilled=True)
+    loaded, report = load_model("segmenter_deit_b16_linear", path, 150)
+    assert loaded.info.mean == IMAGENET_MEAN and loaded.info.crop_size == 32
+    assert "encoder.head_dist.weight" in report.ignored
+    torch.testing.assert_close(_logits(loaded, (32, 48)), _logits(model, (32, 48)), rtol=0, atol=0)
+
+
+def _mmseg_layout(model) -> dict:
+    """The official SETR (mmseg 0.x) names: backbone / decode_head / auxiliary_head.N, plus the
+    unused conv_seg of every head."""
+    renames = (("encoder.", "backbone."), ("decoder.", "decode_head."), ("aux_heads.", "auxiliary_head."))
+    state = {}
+    for key, value in model.state_dict().items():
+        for ours, theirs in renames:
+            if key.startswith(ours):
+                state[theirs + key[len(ours):]] = value
+    k = model.info.num_classes
+    for head in ["decode_head"] + [f"auxiliary_head.{i}" for i in range(len(model.aux_heads))]:
+        state[f"{head}.conv_seg.weight"], state[f"{head}.conv_seg.bias"] = torch.randn(k, 512, 1, 1), torch.zeros(k)
+    return state
+
+
+@pytest.mark.parametrize("name", ["setr_micro_p16_naive", "setr_micro_p16_pup", "setr_micro_p16_mla"])
+def test_mmseg_setr_checkpoint(tmp_path, name):
+    model = _randomise(create_model(name, 9, crop_size=96))  # a crop other than the registry's 128
+    torch.save({"meta": {"mmseg_version": "0.6.0", "CLASSES": [str(i) for i in range(9)]},
+                "state_dict": _mmseg_layout(model)}, tmp_path / "iter_40000.pth")
+    loaded, report = load_model(name, tmp_path / "iter_40000.pth", 9)
+    assert report.format == MMSEG_FORMAT and report.complete
+    assert len(report.ignored) == 2 * (1 + len(model.aux_heads))  # conv_seg weight + bias per head
+    assert loaded.info.crop_size == 96  # from the position embeddings
+    torch.testing.assert_close(_logits(loaded, (96, 80)), _logits(model, (96, 80)), rtol=0, atol=0)
+    torch.manual_seed(2)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(loaded.eval()(x, with_aux=True)[1], model(x, with_aux=True)[1]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_setr_names_mirror_the_official_checkpoints():
+    """Key names and shapes of the official T-Large models (fudan-zvg/SETR, mmseg 0.x)."""
+    with torch.device("meta"):
+        pup, mla = create_model("setr_l16_pup", 19, crop_size=768), create_model("setr_l16_mla", 19, crop_size=768)
+    pup_keys = {k: tuple(v.shape) for k, v in _mmseg_layout(pup).items()}
+    mla_keys = {k: tuple(v.shape) for k, v in _mmseg_layout(mla).items()}
+    assert pup_keys["backbone.pos_embed"] == (1, 48 * 48 + 1, 1024)
+    assert pup_keys["backbone.blocks.23.attn.qkv.bias"] == (3072,)
+    assert "backbone.norm.weight" not in pup_keys  # no final norm
+    assert pup_keys["decode_head.conv_0.weight"] == (256, 1024, 3, 3)
+    assert pup_keys["decode_head.syncbn_fc_3.running_var"] == (256,)
+    assert pup_keys["decode_head.conv_4.weight"] == (19, 256, 1, 1)
+    assert pup_keys["auxiliary_head.3.conv_0.weight"] == (256, 1024, 3, 3)  # conv3x3_conv1x1 default
+    assert pup_keys["auxiliary_head.3.conv_1.weight"] == (19, 256, 1, 1)
+    assert mla_keys["backbone.mla.mla_p2_1x1.0.weight"] == (256, 1024, 1, 1)
+    assert mla_keys["backbone.mla.mla_p5.1.running_mean"] == (256,)
+    assert mla_keys["backbone.norm_3.weight"] == (1024,)
+    assert mla_keys["decode_head.mlahead.head5.4.weight"] == (128,)
+    assert mla_keys["decode_head.cls.weight"] == (19, 512, 3, 3)
+    assert mla_keys["auxiliary_head.0.aux.weight"] == (19, 256, 1, 1)
+
+
+def test_partial_load_refused_unless_allowed(tmp_path):
+    model = _randomise(create_model("setr_micro_p16_naive", 9))
+    state = _mmseg_layout(model)
+    del state["decode_head.conv_1.weight"]
+    torch.save({"state_dict": state}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="missing: decoder.conv_1.weight"):
+        load_model("setr_micro_p16_naive", tmp_path / "partial.pth", 9)
+    loaded, report = load_model("setr_micro_p16_naive", tmp_path / "partial.pth", 9, allow_partial=True)
+    assert report.missing == ["decoder.conv_1.weight"] and not report.complete
+    with pytest.raises(CheckpointError, match="shape mismatch"):  # another class count
+        load_model("setr_micro_p16_naive", tmp_path / "partial.pth", 5)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {}, "payload": Evil()}, f)
+    with pytest.raises(CheckpointError, match="never unpickles code"):
+        load_model("setr_micro_p16_naive", path, 9)
+
+
+def test_unknown_and_classifier_files_explain_themselves(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="not a checkpoint format segbench recognises"):
+        load_model("setr_micro_p16_naive", tmp_path / "odd.pth", 9)
+    torch.save({"blocks.0.norm1.weight": torch.zeros(3), "head.weight": torch.zeros(1)}, tmp_path / "vit.pth")
+    with pytest.raises(CheckpointError, match="init_encoder_from_imagenet"):
+        load_model("setr_micro_p16_naive", tmp_path / "vit.pth", 9)
+
+
+def test_format_detection_for_segformer_layouts():
+    t = torch.zeros(1)
+    assert detect_format({"segformer.encoder.block.0.0.attention.self.query.weight": t}) == HF_SEGFORMER_FORMAT
+    assert detect_format({"segformer.stages.0.layers.0.attention.q_proj.weight": t}) == HF_SEGFORMER_FORMAT
+    assert detect_format({"decode_head.linear_c.0.proj.weight": t}) == HF_SEGFORMER_FORMAT
+    assert detect_format({"state_dict": {"backbone.patch_embed1.proj.weight": t,
+                                         "decode_head.linear_c1.proj.weight": t}}) == MMSEG_FORMAT
+
+
+def test_hf_segformer_round_trip(tmp_path):
+    """HuggingFace SegFormer weights go through segbench.models.segformer.convert_hf_state_dict."""
+    segformer = pytest.importorskip("segbench.models.segformer")
+    if not hasattr(segformer, "convert_hf_state_dict"):
+        pytest.skip("SegFormer conversion not in this checkout")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    config = transformers.SegformerConfig(num_labels=150)  # B0
+    torch.manual_seed(0)
+    hf = transformers.SegformerForSemanticSegmentation(config).eval()
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    loaded, report = load_model("segformer_b0", tmp_path / "model.safetensors", 150)
+    assert report.format == HF_SEGFORMER_FORMAT
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), hf(pixel_values=x).logits, atol=1e-4, rtol=0)
+
+
+# --- ImageNet initialisation ----------------------------------------------------------------
+
+def _timm_vit(name: str, **kw):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **kw).eval()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_init_segmenter_encoder_from_timm(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    from segbench.models.segmenter import resize_pos_embed
+
+    vit = _timm_vit("vit_tiny_patch16_224")
+    path = tmp_path / f"vit_tiny{suffix}"
+    if suffix == ".pth":
+        torch.save(vit.state_dict(), path)
+    else:
+        save_file(vit.state_dict(), str(path))
+    model = create_model("segmenter_t16_linear", 150, crop_size=64)
+    report = init_encoder_from_imagenet(model, path)
+    assert report.complete and sorted(report.ignored) == ["head.bias", "head.weight"]
+    ours, theirs = model.encoder.state_dict(), vit.state_dict()
+    torch.testing.assert_close(ours["blocks.11.mlp.fc2.weight"], theirs["blocks.11.mlp.fc2.weight"])
+    torch.testing.assert_close(ours["pos_embed"], resize_pos_embed(theirs["pos_embed"], (4, 4), 1))  # bilinear 14 -> 4
+
+    # At the checkpoint's own grid the encoder computes what timm's ViT computes, once the
+    # LayerNorm eps is aligned (1e-5 in the official Segmenter, 1e-6 in timm).
+    same_grid = create_model("segmenter_t16_linear", 150, crop_size=224).eval()
+    init_encoder_from_imagenet(same_grid, path)
+    for module in same_grid.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = 1e-6
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(same_grid.encoder(x), vit.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_init_setr_from_deit_drops_the_distillation_token(tmp_path):
+    from segbench.models.setr import _setr
+
+    deit = _timm_vit("deit_tiny_distilled_patch16_224")
+    torch.save({"model": deit.state_dict()}, tmp_path / "deit.pth")  # DeiT's releases wrap in "model"
+    model = _setr(5, encoder="deit_t16", decoder="mla", dim=192, depth=12, heads=3, aux_taps=(), crop_size=224)
+    report = init_encoder_from_imagenet(model, tmp_path / "deit.pth")
+    assert report.complete and {"dist_token", "norm.weight", "head_dist.weight"} <= set(report.ignored)
+    assert any("randomly initialised" in note for note in report.notes)  # the MLA neck and tap norms
+    pos = deit.state_dict()["pos_embed"]
+    torch.testing.assert_close(model.encoder.pos_embed, torch.cat([pos[:, :1], pos[:, 2:]], dim=1))
+
+
+def _google_npz(vit, path):
+    """Write a timm ViT in Google's vision_transformer .npz layout (the inverse of timm's reader)."""
+    sd = {k: v.numpy() for k, v in vit.state_dict().items()}
+    dim = sd["cls_token"].shape[-1]
+    heads = vit.blocks[0].attn.num_heads
+    out = {"embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+           "embedding/bias": sd["patch_embed.proj.bias"], "cls": sd["cls_token"],
+           "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
+           "Transformer/encoder_norm/scale": sd["norm.weight"], "Transformer/encoder_norm/bias": sd["norm.bias"],
+           "head/kernel": sd["head.weight"].T, "head/bias": sd["head.bias"]}
+    for i in range(len(vit.blocks)):
+        b, p = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        out[p + "LayerNorm_0/scale"], out[p + "LayerNorm_0/bias"] = sd[b + "norm1.weight"], sd[b + "norm1.bias"]
+        out[p + "LayerNorm_2/scale"], out[p + "LayerNorm_2/bias"] = sd[b + "norm2.weight"], sd[b + "norm2.bias"]
+        for j, n in enumerate(("query", "key", "value")):
+            w = sd[b + "attn.qkv.weight"][j * dim:(j + 1) * dim]
+            out[p + f"MultiHeadDotProductAttention_1/{n}/kernel"] = w.T.reshape(dim, heads, dim // heads)
+            out[p + f"MultiHeadDotProductAttention_1/{n}/bias"] = sd[b + "attn.qkv.bias"][j * dim:(j + 1) * dim].reshape(
+                heads, dim // heads)
+        out[p + "MultiHeadDotProductAttention_1/out/kernel"] = sd[b + "attn.proj.weight"].reshape(
+            dim, heads, dim // heads).transpose(1, 2, 0)
+        out[p + "MultiHeadDotProductAttention_1/out/bias"] = sd[b + "attn.proj.bias"]
+        for r in range(2):
+            out[p + f"MlpBlock_3/Dense_{r}/kernel"] = sd[b + f"mlp.fc{r + 1}.weight"].T
+            out[p + f"MlpBlock_3/Dense_{r}/bias"] = sd[b + f"mlp.fc{r + 1}.bias"]
+    np.savez(path, **out)
+
+
+def test_init_from_google_npz(tmp_path):
+    vit = _timm_vit("vit_tiny_patch16_224", img_size=64)
+    _google_npz(vit, tmp_path / "Ti_16.npz")
+    model = create_model("segmenter_t16_linear", 150, crop_size=64)
+    report = init_encoder_from_imagenet(model, tmp_path / "Ti_16.npz")
+    assert report.complete
+    for key, value in vit.state_dict().items():
+        if not key.startswith("head"):
+            torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_suite_allow_partial_reaches_the_loader(tmp_path):
+    from segbench.runner import Runner, plan
+    from segbench.suite import load_suite
+
+    model = _randomise(create_model("setr_micro_p16_naive", 9))
+    state = _mmseg_layout(model)
+    del state["decode_head.conv_1.bias"]
+    torch.save({"state_dict": state}, tmp_path / "partial.pth")
+    text = ("name: t\ndatasets: {synthetic: {kind: synthetic}}\n"
+            "models:\n  strict: {arch: setr_micro_p16_naive, checkpoint: %s}\n"
+            "  lenient: {arch: setr_micro_p16_naive, checkpoint: %s, allow_partial: true}\n"
+            "evaluate: [{dataset: synthetic}]\n") % (tmp_path / "partial.pth", tmp_path / "partial.pth")
+    (tmp_path / "suite.yaml").write_text(text)
+    suite = load_suite(tmp_path / "suite.yaml")
+    strict, lenient = plan(suite)
+    assert "allow_partial" not in strict.config and lenient.config["allow_partial"] is True
+    runner = Runner(suite, "cpu", tmp_path / "results")
+    with pytest.raises(CheckpointError, match="missing: decoder.conv_1.bias"):
+        runner.load(strict)
+    runner.load(lenient)
+    assert runner.load_report()["complete"] is False and "decoder.conv_1.bias" in runner.load_report()["summary"]
