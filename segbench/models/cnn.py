@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 
 from segbench.models import ModelInfo, register_model
+from segbench.models.segformer import EncoderDecoder
 
 
 class SeparableConv(nn.Module):
@@ -91,17 +92,6 @@ class DeepLabV3PlusHead(nn.Module):
         c1 = self.c1_bottleneck(c1)
         out = F.interpolate(out, size=c1.shape[2:], mode="bilinear", align_corners=False)
         return self.conv_seg(self.dropout(self.sep_bottleneck(torch.cat([out, c1], dim=1))))
-
-
-class EncoderDecoder(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, info: ModelInfo):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.info = info
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
 
 
 # mmseg's mobilenet-v2-d8 configs: dilations=(1, 1, 1, 2, 2, 4, 4), applied by mmseg's

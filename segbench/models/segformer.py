@@ -26,28 +26,24 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, DropPath, trunc_normal_
+from timm.layers import ConvNormAct, DropPath
 
 from segbench.models import ModelInfo, register_model
+from segbench.models.segmenter import init_linear_and_norm
 
 
 def init_official(module: nn.Module) -> None:
-    """MiT's initialisation: truncated normal (0.02) linears, unit LayerNorms, He-normal
-    (fan-out) convolutions."""
+    """MiT's initialisation: truncated normal (0.02) linears, unit LayerNorms (as ViT's),
+    He-normal (fan-out) convolutions."""
     if getattr(module, "weight", None) is not None and module.weight.is_meta:
         return  # built on the meta device (describe_models): nothing to initialise
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
+    if isinstance(module, nn.Conv2d):
         fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+    else:
+        init_linear_and_norm(module)
 
 
 def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -207,7 +203,10 @@ class AllMLPDecoder(nn.Module):
         return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(maps, dim=1))))
 
 
-class SegFormer(nn.Module):
+class EncoderDecoder(nn.Module):
+    """logits = decoder(encoder(x)): SegFormer, the CNN baselines, and composites such as
+    SegFormer Table 3's ViT-L + All-MLP decoder."""
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, info: ModelInfo):
         super().__init__()
         self.encoder = encoder
@@ -227,16 +226,16 @@ MIT_HEADS = (1, 2, 5, 8)
 
 def _segformer(num_classes: int, *, encoder: str, dims, depths, heads=MIT_HEADS, sr_ratios=(8, 4, 2, 1),
                mlp_ratios=(4, 4, 4, 4), decoder_dim: int, crop_size: int = 512, drop_path: float = 0.1,
-               norm_eps: float = 1e-6) -> SegFormer:
+               norm_eps: float = 1e-6) -> EncoderDecoder:
     enc = MixVisionTransformer(dims, depths, heads, sr_ratios, mlp_ratios, drop_path, norm_eps)
     dec = AllMLPDecoder(dims, num_classes, decoder_dim)
     info = ModelInfo(name="", family="segformer", encoder=encoder, decoder=f"all_mlp_c{decoder_dim}",
                      num_classes=num_classes, patch_size=4, output_stride=4, crop_size=crop_size,
                      test_mode="whole")
-    return SegFormer(enc, dec, info)
+    return EncoderDecoder(enc, dec, info)
 
 
-def _mit(size: str, num_classes: int, decoder_dim: int | None = None, **kw) -> SegFormer:
+def _mit(size: str, num_classes: int, decoder_dim: int | None = None, **kw) -> EncoderDecoder:
     # Decoder width C: 256 for the real-time B0/B1, 768 otherwise (Sec. 4.2, Table 1b).
     decoder_dim = decoder_dim or (256 if size in ("b0", "b1") else 768)
     return _segformer(num_classes, encoder=f"mit_{size}", dims=MIT_DIMS[size], depths=MIT_DEPTHS[size],
@@ -303,7 +302,7 @@ def is_hf_state_dict(state_dict: dict) -> bool:
     return any(k.startswith(("segformer.encoder.", "segformer.stages.")) for k in state_dict)
 
 
-def segformer_from_hf_config(config: dict | str | os.PathLike, **kw) -> SegFormer:
+def segformer_from_hf_config(config: dict | str | os.PathLike, **kw) -> EncoderDecoder:
     """The SegFormer matching a HuggingFace ``config.json`` (a dict or a path to one).
 
     transformers computes every LayerNorm with eps 1e-5 (it ignores its config's
@@ -333,43 +332,43 @@ def segformer_from_hf_config(config: dict | str | os.PathLike, **kw) -> SegForme
 # --- variants -------------------------------------------------------------------------
 
 @register_model
-def segformer_b0(num_classes: int, **kw) -> SegFormer:
+def segformer_b0(num_classes: int, **kw) -> EncoderDecoder:
     return _mit("b0", num_classes, **kw)
 
 
 @register_model
-def segformer_b1(num_classes: int, **kw) -> SegFormer:
+def segformer_b1(num_classes: int, **kw) -> EncoderDecoder:
     return _mit("b1", num_classes, **kw)
 
 
 @register_model
-def segformer_b2(num_classes: int, **kw) -> SegFormer:
+def segformer_b2(num_classes: int, **kw) -> EncoderDecoder:
     return _mit("b2", num_classes, **kw)
 
 
 @register_model
-def segformer_b3(num_classes: int, **kw) -> SegFormer:
+def segformer_b3(num_classes: int, **kw) -> EncoderDecoder:
     return _mit("b3", num_classes, **kw)
 
 
 @register_model
-def segformer_b4(num_classes: int, **kw) -> SegFormer:
+def segformer_b4(num_classes: int, **kw) -> EncoderDecoder:
     return _mit("b4", num_classes, **kw)
 
 
 @register_model
-def segformer_b5(num_classes: int, **kw) -> SegFormer:
+def segformer_b5(num_classes: int, **kw) -> EncoderDecoder:
     return _mit("b5", num_classes, **kw)
 
 
 @register_model
-def segformer_b5_640(num_classes: int, **kw) -> SegFormer:
+def segformer_b5_640(num_classes: int, **kw) -> EncoderDecoder:
     """B5 as trained for ADE20K at 640x640 (the paper's best ADE20K model)."""
     return _mit("b5", num_classes, crop_size=640, **kw)
 
 
 @register_model
-def segformer_micro(num_classes: int, **kw) -> SegFormer:
+def segformer_micro(num_classes: int, **kw) -> EncoderDecoder:
     """A tiny MiT for the synthetic CPU quickstart (128 px): not a paper model."""
     return _segformer(num_classes, encoder="mit_micro", dims=(16, 32, 64, 128), depths=(1, 1, 1, 1),
                       heads=(1, 1, 2, 4), decoder_dim=64, crop_size=128, **kw)
