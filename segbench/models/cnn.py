@@ -19,6 +19,7 @@ the ResNet-101 models include it (see tests/test_cnn.py).
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import timm
@@ -127,6 +128,42 @@ def _cnn(num_classes: int, *, family: str, encoder: str, timm_name: str, head_ch
                      patch_size=1, output_stride=8 if family == "fcn" else 4, crop_size=crop_size,
                      test_mode="whole")  # mmseg's ADE20K configs test on the whole image
     return EncoderDecoder(enc, dec, info)
+
+
+# --- mmsegmentation checkpoints ------------------------------------------------------
+
+# mmseg MobileNetV2's InvertedResidual ``conv.N.{conv,bn}`` -> timm's names; stage 1 has no
+# expansion conv (timm's DepthwiseSeparableConv).
+_MV2_FIRST_STAGE = (("conv_dw", "bn1"), ("conv_pw", "bn2"))
+_MV2_STAGE = (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))
+
+
+def _mmseg_encoder_key(key: str) -> str:
+    key = re.sub(r"^stem\.7\.", "bn1.", key)  # ResNetV1c deep stem: conv-bn-relu x3 ...
+    key = re.sub(r"^stem\.", "conv1.", key)  # ... timm keeps the last BN outside (bn1)
+    key = re.sub(r"^conv1\.conv\.", "conv_stem.", key)  # MobileNetV2 stem
+    key = re.sub(r"^conv1\.bn\.", "bn1.", key)
+    block = re.match(r"^layer(\d)\.(\d+)\.conv\.(\d)\.(conv|bn)\.(.+)$", key)  # MobileNetV2 blocks
+    if block:
+        stage, index, part, kind, rest = int(block[1]), block[2], int(block[3]), block[4], block[5]
+        conv, bn = (_MV2_FIRST_STAGE if stage == 1 else _MV2_STAGE)[part]
+        key = f"blocks.{stage - 1}.{index}.{conv if kind == 'conv' else bn}.{rest}"
+    return key
+
+
+def convert_mmseg_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An mmsegmentation FCN / DeepLabv3+ checkpoint's ``state_dict`` (ResNetV1c or
+    MobileNetV2 backbone) -> this module's names: ``backbone.`` -> ``encoder.`` with timm's
+    layer names, ``decode_head.`` -> ``decoder.``. ``auxiliary_head.*`` is returned
+    unchanged (segbench builds no auxiliary head), for the loader to report."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("backbone."):
+            key = "encoder." + _mmseg_encoder_key(key[len("backbone."):])
+        elif key.startswith("decode_head."):
+            key = "decoder." + key[len("decode_head."):]
+        out[key] = value
+    return out
 
 
 # --- variants -------------------------------------------------------------------------
