@@ -144,6 +144,7 @@ def mmseg_builders():
     return MODELS
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # mmseg's deprecation notes
 def test_same_logits_as_mmseg():
     MODELS = mmseg_builders()
     bn = dict(type="BN", requires_grad=True)
