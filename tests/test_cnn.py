@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from segbench.models import create_model, describe_models
+from segbench.models.checkpoints import MMSEG_FORMAT, load_model
 from segbench.models.cnn import FCNHead, convert_mmseg_state_dict
 from segbench.reference import lookup
 
@@ -145,7 +146,7 @@ def mmseg_builders():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # mmseg's deprecation notes
-def test_same_logits_as_mmseg():
+def test_same_logits_as_mmseg(tmp_path):
     MODELS = mmseg_builders()
     bn = dict(type="BN", requires_grad=True)
     resnet50 = dict(type="ResNetV1c", depth=50, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
@@ -188,3 +189,11 @@ def test_same_logits_as_mmseg():
         with torch.no_grad():
             expected = reference.decode_head(reference.backbone(x))
             assert torch.allclose(model(x), expected, atol=1e-5, rtol=1e-4), name
+        if "mobilenetv2" in name:  # the same weights end to end as an mmseg checkpoint file
+            path = tmp_path / f"{name}.pth"
+            torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": state_dict}, path)
+            loaded, report = load_model(name, path, num_classes=19)
+            assert report.format == MMSEG_FORMAT and not report.unexpected
+            assert any(key.startswith("auxiliary_head.") for key in report.ignored)
+            with torch.no_grad():
+                assert torch.allclose(loaded(x), expected, atol=1e-5, rtol=1e-4), name

@@ -50,6 +50,7 @@ IMAGENET_FORMAT = "imagenet-classifier"
 UNUSED_KEYS = (
     re.compile(r"encoder\.(head|head_dist)\.(weight|bias)$"),  # Segmenter's ImageNet classifier
     re.compile(r"(decoder|aux_heads\.\d+)\.conv_seg\.(weight|bias)$"),  # mmseg BaseDecodeHead, unused by SETR/SegFormer
+    re.compile(r"auxiliary_head\."),  # mmseg CNN configs' training-only FCN head, which segbench does not build
 )
 MMSEG_PREFIXES = (("backbone.", "encoder."), ("decode_head.", "decoder."), ("auxiliary_head.", "aux_heads."))
 
@@ -175,9 +176,14 @@ def detect_format(payload: dict) -> str:
                           "(SETR, SegFormer), HuggingFace SegFormer")
 
 
-def _mmseg(payload: dict) -> Converted:
+def _mmseg(payload: dict, family: str) -> Converted:
+    state_dict = payload.get("state_dict", payload)
+    if family in ("fcn", "deeplabv3plus"):  # mmseg ResNetV1c / MobileNetV2 names -> timm's
+        from segbench.models.cnn import convert_mmseg_state_dict
+
+        return Converted(MMSEG_FORMAT, convert_mmseg_state_dict(state_dict))
     renamed = {}
-    for key, value in payload.get("state_dict", payload).items():
+    for key, value in state_dict.items():
         for old, new in MMSEG_PREFIXES:
             if key.startswith(old):
                 key = new + key[len(old):]
@@ -261,13 +267,14 @@ def _grid_crop(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int | N
 
 def load_model(arch: str, checkpoint: str | os.PathLike | None, num_classes: int,
                allow_partial: bool = False) -> tuple[nn.Module, LoadReport | None]:
-    """Build ``arch`` and load ``checkpoint`` into it (format detected from the contents).
+    """Build ``arch``, load ``checkpoint`` into it (format detected from the contents) and
+    return it in eval mode.
 
     The model is built for the checkpoint's training crop (its position embeddings), and
     the settings the file carries (crop, normalisation, test window) go into ``model.info``.
     """
     if checkpoint is None:
-        return create_model(arch, num_classes=num_classes), None
+        return create_model(arch, num_classes=num_classes).eval(), None
     path = Path(checkpoint)
     payload = read_file(path)
     try:
@@ -283,7 +290,9 @@ def load_model(arch: str, checkpoint: str | os.PathLike | None, num_classes: int
     elif fmt == SEGMENTER_FORMAT:
         converted = _segmenter_official(payload, path, arch, num_classes, allow_partial)
     elif fmt == MMSEG_FORMAT:
-        converted = _mmseg(payload)
+        with torch.device("meta"):
+            family = create_model(arch, num_classes=num_classes).info.family
+        converted = _mmseg(payload, family)
     elif fmt == HF_SEGFORMER_FORMAT:
         converted = _hf_segformer(payload)
     else:
@@ -302,7 +311,7 @@ def load_model(arch: str, checkpoint: str | os.PathLike | None, num_classes: int
         model.info = model.info.with_(crop_size=crop)
     load_state_dict(model, converted.state_dict, str(checkpoint), converted.format, allow_partial, report)
     model.info = model.info.with_(**converted.info)
-    return model, report
+    return model.eval(), report
 
 
 # --- ImageNet initialisation of encoders --------------------------------------------------
