@@ -31,7 +31,7 @@ from segbench.models.checkpoints import load_model
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
 from segbench.robustness.corruptions import corruption_grid, grid_cells
 from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
-from segbench.suite import EvalSpec, Suite
+from segbench.suite import EvalSpec, Suite, locate, missing_files
 
 
 @dataclass(frozen=True)
@@ -103,20 +103,22 @@ def shard_jobs(suite: Suite, jobs: list[Job], index: int, count: int) -> list[Jo
 
 
 def check_inputs(suite: Suite, jobs: list[Job]) -> list[str]:
-    """Problems with the suite's datasets, found before any job runs."""
+    """Every missing or malformed input of these jobs (checkpoint files, dataset folders),
+    found before any job runs, each message located in the suite file."""
     problems, seen = [], set()
     for job in jobs:
         config = job.config
         split = config["train"]["split"] if job.kind == "train" else config["eval"]["split"]
         spec = config["dataset"]
-        if (spec["kind"], spec["root"], split) in seen:
+        key = next(k for k, d in suite.datasets.items() if asdict(d) == spec)
+        if (key, split) in seen:
             continue
-        seen.add((spec["kind"], spec["root"], split))
+        seen.add((key, split))
         try:
             build_dataset(spec["kind"], split, spec["root"], **spec["options"])
         except (DatasetError, TypeError) as exc:
-            problems.append(f"{suite.path}: dataset {spec['kind']} ({split}): {exc}")
-    return problems
+            problems.append(locate(suite, f"datasets.{key}.root", f"{spec['kind']} ({split}): {exc}"))
+    return problems + missing_files(suite)
 
 
 def resolve_device(name: str) -> str:

@@ -95,6 +95,7 @@ class Suite:
     results: str | None = None  # default: results/<name>
     report: str | None = None  # render a report here after the run
     path: str = ""  # the file it was read from (set by the loader)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # field -> line (loader)
 
     @property
     def results_dir(self) -> Path:
@@ -193,7 +194,7 @@ def _build(cls, data: Any, path: str, where: _Where):
     if not isinstance(data, dict):
         raise where.error(path, f"expected a mapping of {cls.__name__} fields, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "lines")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         child = f"{path}.{unknown[0]}" if path else unknown[0]
@@ -219,8 +220,6 @@ def _check_references(suite: Suite, where: _Where) -> None:
     for name, spec in suite.models.items():
         if not is_model(spec.arch):
             raise where.error(f"models.{name}.arch", f"unknown model {spec.arch!r}; `segbench models` lists them")
-        if spec.checkpoint and not Path(spec.checkpoint).is_file():
-            raise where.error(f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
         if spec.train and spec.train.dataset not in suite.datasets:
             raise where.error(f"models.{name}.train.dataset", f"no dataset named {spec.train.dataset!r} in `datasets`")
     for i, spec in enumerate(suite.evaluate):
@@ -277,6 +276,18 @@ def load_suite(path: str | os.PathLike) -> Suite:
     data = _to_python(root, "", lines)
     where = _Where(str(path), lines)
     suite = _build(Suite, data, "", where)
-    suite = dataclasses.replace(suite, path=str(path))
+    suite = dataclasses.replace(suite, path=str(path), lines=lines)
     _check_references(suite, where)
     return suite
+
+
+def locate(suite: Suite, field_path: str, message: str) -> str:
+    """``message`` prefixed with the suite file, line and field it is about."""
+    return str(_Where(suite.path, suite.lines).error(field_path, message))
+
+
+def missing_files(suite: Suite) -> list[str]:
+    """Located messages for every file the suite names that does not exist. Checked apart
+    from the schema so that `segbench run` can list all missing inputs at once."""
+    return [locate(suite, f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
+            for name, spec in suite.models.items() if spec.checkpoint and not Path(spec.checkpoint).is_file()]
