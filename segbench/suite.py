@@ -253,10 +253,6 @@ def _check_corruption(suite: Suite, spec: CorruptionSpec, path: str, where: _Whe
             raise where.error(f"{path}.{field_name}", str(exc)) from None
     if spec.reference is not None and spec.reference not in (spec.models or suite.models):
         raise where.error(f"{path}.reference", f"{spec.reference!r} is not one of the models this sweep evaluates")
-    if spec.root is not None and not (Path(spec.root) / "manifest.json").is_file():
-        raise where.error(f"{path}.root", f"{spec.root} has no manifest.json; write the corrupted images there "
-                                          f"first with `segbench corrupt {suite.datasets[spec.dataset].kind} "
-                                          f"--out {spec.root} ...`, or drop `root` to corrupt on the fly")
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
@@ -289,5 +285,12 @@ def locate(suite: Suite, field_path: str, message: str) -> str:
 def missing_files(suite: Suite) -> list[str]:
     """Located messages for every file the suite names that does not exist. Checked apart
     from the schema so that `segbench run` can list all missing inputs at once."""
-    return [locate(suite, f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
-            for name, spec in suite.models.items() if spec.checkpoint and not Path(spec.checkpoint).is_file()]
+    problems = [locate(suite, f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
+                for name, spec in suite.models.items() if spec.checkpoint and not Path(spec.checkpoint).is_file()]
+    for i, spec in enumerate(suite.corruption):
+        if spec.root is not None and not (Path(spec.root) / "manifest.json").is_file():
+            problems.append(locate(suite, f"corruption[{i}].root", (
+                f"{spec.root} has no manifest.json; write the corrupted images there first with "
+                f"`segbench corrupt {suite.datasets[spec.dataset].kind} --out {spec.root} ...`, "
+                "or drop `root` to corrupt on the fly")))
+    return problems
