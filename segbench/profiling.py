@@ -278,7 +278,7 @@ def largest_batch(model: nn.Module, height: int, width: int, device: torch.devic
         free = available_memory_mb(device)
         if batch * 2 > limit:
             break
-        if free is not None and memory["increase_mb"] is not None and 2 * memory["increase_mb"] > 0.9 * free:
+        if free is not None and memory["increase_mb"] is not None and 2 * memory["increase_mb"] >= 0.9 * free:
             stop = "free memory"
             break
         batch *= 2
