@@ -83,12 +83,30 @@ class CorruptionSpec(EvalSpec):
 
 
 @dataclass(frozen=True)
+class ProfileSpec:
+    """The cost of each model at each input size: parameters, multiply-accumulates, latency,
+    throughput and peak memory (segbench.profiling), on the suite's device."""
+
+    dataset: str  # a key of `datasets`: the class count, and the test protocol of the pipeline throughput
+    sizes: tuple[str, ...] = ("512x512",)  # input HEIGHTxWIDTH; one record per model x size
+    models: tuple[str, ...] = ()  # keys of `models`; empty: every model
+    batch_size: Any = 1  # images per timed forward, or "max": the largest that fits in memory (Segmenter's im/s)
+    warmup: int = 5  # untimed forwards first
+    runs: int = 20  # timed forwards (median, 10-90 % spread); 0: parameters and MACs only (no forward at all)
+    pipeline: bool = True  # also time the full test protocol (resize, windows, upsampling, argmax) per image
+    fvcore: bool = True  # also count MACs with fvcore (a real forward at batch 1) beside FlopCounterMode
+    amp: bool = False  # autocast: float16 on CUDA, bfloat16 on CPU
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     datasets: dict[str, DatasetSpec]
     models: dict[str, ModelSpec]
     evaluate: tuple[EvalSpec, ...] = ()
     corruption: tuple[CorruptionSpec, ...] = ()
+    profile: tuple[ProfileSpec, ...] = ()
     description: str = ""
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -227,6 +245,8 @@ def _check_references(suite: Suite, where: _Where) -> None:
     for i, spec in enumerate(suite.corruption):
         _check_eval(suite, spec, f"corruption[{i}]", where)
         _check_corruption(suite, spec, f"corruption[{i}]", where)
+    for i, spec in enumerate(suite.profile):
+        _check_profile(suite, spec, f"profile[{i}]", where)
 
 
 def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
@@ -253,6 +273,28 @@ def _check_corruption(suite: Suite, spec: CorruptionSpec, path: str, where: _Whe
             raise where.error(f"{path}.{field_name}", str(exc)) from None
     if spec.reference is not None and spec.reference not in (spec.models or suite.models):
         raise where.error(f"{path}.reference", f"{spec.reference!r} is not one of the models this sweep evaluates")
+
+
+def _check_profile(suite: Suite, spec: ProfileSpec, path: str, where: _Where) -> None:
+    from segbench.profiling import parse_batch_size, parse_size
+
+    if spec.dataset not in suite.datasets:
+        raise where.error(f"{path}.dataset", f"no dataset named {spec.dataset!r} in `datasets`")
+    for model in spec.models:
+        if model not in suite.models:
+            raise where.error(f"{path}.models", f"no model named {model!r} in `models`")
+    for i, size in enumerate(spec.sizes):
+        try:
+            parse_size(size)
+        except ValueError as exc:
+            raise where.error(f"{path}.sizes[{i}]", str(exc)) from None
+    try:
+        parse_batch_size(spec.batch_size)
+    except ValueError as exc:
+        raise where.error(f"{path}.batch_size", str(exc)) from None
+    for name in ("warmup", "runs"):
+        if getattr(spec, name) < 0:
+            raise where.error(f"{path}.{name}", f"expected 0 or more, got {getattr(spec, name)}")
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
