@@ -3,14 +3,16 @@ metric by metric, with tolerances from a YAML file, e.g.::
 
     machine_dependent: same_machine   # gate timings only between records of one machine
     metrics:
-      mIoU:       {drop: 1.0}                     # points: may fall by at most 1.0
+      mIoU:                                        # points: may fall by at most 1.0 in an evaluation,
+        - {drop: 1.0, kinds: [eval]}               # 2.5 in a (20-image) corruption cell
+        - {drop: 2.5, kinds: [corruption]}
       latency_ms: {rise_pct: 25, noise: true, machine_dependent: true}
       macs:       {change_pct: 0.5}                # either way: a change is a finding
 
 A record is paired with the baseline record of the same job id, or else with the only one
 of the same kind, model, dataset and protocol (and corruption cell, or profile input size):
-the pairing says which. A baseline job without a record here, or with an error record here,
-fails the check; records the baseline does not have are listed as new.
+the pairing says which. A baseline job without a record here, and any error record here,
+fail the check; records the baseline does not have are listed as new.
 
 Noise-aware metrics (``noise: true``) use the spread the profiler records beside them
 (``<metric>_p10`` / ``<metric>_p90``): a timing regresses only when it moved by more than
@@ -47,6 +49,7 @@ class Rule:
     change_pct: float | None = None
     noise: bool = False  # also require the runs' recorded spreads (<metric>_p10 / _p90) not to overlap
     machine_dependent: bool = False  # compared only as the file's `machine_dependent` policy says
+    kinds: tuple[str, ...] = ()  # only records of these kinds (eval, corruption, profile, train); empty: all
 
 
 @dataclass(frozen=True)
@@ -73,24 +76,32 @@ def load_tolerances(path: str | Path) -> Tolerances:
     policy = data.get("machine_dependent", "same_machine")
     if policy not in MACHINE_POLICIES:
         raise CheckError(f"{path}: machine_dependent: expected one of {', '.join(MACHINE_POLICIES)}, got {policy!r}")
-    allowed = [f.name for f in fields(Rule) if f.name != "metric"]
     rules = []
     for metric, limits in data["metrics"].items():
-        where = f"{path}: metrics.{metric}"
-        if not isinstance(limits, dict):
-            raise CheckError(f"{where}: expected a mapping of limits ({', '.join(LIMITS)}), got {limits!r}")
-        bad = sorted(set(limits) - set(allowed))
-        if bad:
-            raise CheckError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(allowed)}")
-        if not any(limits.get(k) is not None for k in LIMITS):
-            raise CheckError(f"{where}: give at least one limit ({', '.join(LIMITS)})")
-        for key, value in limits.items():
-            if key in LIMITS and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise CheckError(f"{where}.{key}: expected a number >= 0, got {value!r}")
-            if key not in LIMITS and not isinstance(value, bool):
-                raise CheckError(f"{where}.{key}: expected true or false, got {value!r}")
-        rules.append(Rule(str(metric), **limits))
+        several = isinstance(limits, list)  # one rule per kind of record, e.g. looser for corruption cells
+        for i, one in enumerate(limits if several else [limits]):
+            rules.append(_rule(str(metric), one, f"{path}: metrics.{metric}" + (f"[{i}]" if several else "")))
     return Tolerances(tuple(rules), policy, str(path))
+
+
+def _rule(metric: str, limits, where: str) -> Rule:
+    allowed = [f.name for f in fields(Rule) if f.name != "metric"]
+    if not isinstance(limits, dict):
+        raise CheckError(f"{where}: expected a mapping of limits ({', '.join(LIMITS)}) or a list of them, "
+                         f"got {limits!r}")
+    bad = sorted(set(limits) - set(allowed))
+    if bad:
+        raise CheckError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(allowed)}")
+    if not any(limits.get(k) is not None for k in LIMITS):
+        raise CheckError(f"{where}: give at least one limit ({', '.join(LIMITS)})")
+    for key, value in limits.items():
+        if key in LIMITS and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise CheckError(f"{where}.{key}: expected a number >= 0, got {value!r}")
+        if key in ("noise", "machine_dependent") and not isinstance(value, bool):
+            raise CheckError(f"{where}.{key}: expected true or false, got {value!r}")
+        if key == "kinds" and (not isinstance(value, list) or not all(isinstance(k, str) for k in value)):
+            raise CheckError(f"{where}.kinds: expected a list of record kinds, e.g. [eval, corruption], got {value!r}")
+    return Rule(metric, **{k: tuple(v) if k == "kinds" else v for k, v in limits.items()})
 
 
 # ------------------------------------------------------------------ pairing records
@@ -214,7 +225,7 @@ def _spreads_overlap(rule: Rule, baseline: dict, current: dict, broken: list[str
 
 def compare(baseline: dict, current: dict, matched_by: str, rule: Rule, policy: str) -> Finding | None:
     before, after = metric_value(baseline, rule.metric), metric_value(current, rule.metric)
-    if before is None:
+    if before is None or (rule.kinds and baseline.get("kind") not in rule.kinds):
         return None  # the baseline does not measure it: nothing to hold the record to
     finding = Finding(baseline, current, matched_by, rule.metric, before, after, _limit_text(rule), "ok")
     if after is None:

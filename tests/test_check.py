@@ -158,6 +158,8 @@ def test_records_with_other_job_ids_pair_by_kind_model_dataset_protocol(folders,
     ("metric: {mIoU: {drop: 1}}", "expected a mapping with `metrics:`"),
     ("machine_dependent: sometimes\nmetrics: {mIoU: {drop: 1}}", "machine_dependent: expected one of"),
     ("metrics: [", "not valid YAML"),
+    ("metrics: {mIoU: [{drop: 1}, {rise: x}]}", "metrics.mIoU[1].rise: expected a number >= 0"),
+    ("metrics: {mIoU: {drop: 1, kinds: eval}}", "metrics.mIoU.kinds: expected a list of record kinds"),
 ])
 def test_bad_tolerance_files_are_usage_errors(folders, capsys, text, message):
     base, current, tolerances = folders
@@ -190,6 +192,18 @@ def test_committed_quickstart_baseline_passes_and_catches_a_two_point_drop(tmp_p
     result = check(current, QUICKSTART_BASELINE, tolerances)
     assert not result.ok and [(f.current["job_id"], f.metric) for f in result.regressions] == [(evaluation.stem,
                                                                                                "mIoU")]
+
+
+def test_rules_can_differ_by_record_kind(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("metrics:\n  mIoU:\n    - {drop: 1.0, kinds: [eval]}\n    - {drop: 2.5, kinds: [corruption]}\n")
+    eval_rule, cell_rule = load_tolerances(path).rules
+    assert eval_rule == Rule("mIoU", drop=1.0, kinds=("eval",)) and cell_rule.kinds == ("corruption",)
+    base, cur = rr.eval_record("a", "m", "x", 40.0), rr.eval_record("a", "m", "x", 38.0)
+    assert compare(base, cur, "job id", eval_rule, "same_machine").verdict == "regression"
+    assert compare(base, cur, "job id", cell_rule, "same_machine") is None  # not an eval rule's record
+    cell_base, cell = dict(base, kind="corruption"), dict(cur, kind="corruption")
+    assert compare(cell_base, cell, "job id", cell_rule, "same_machine").verdict == "ok"  # 2 <= 2.5
 
 
 def test_tolerances_object_from_the_file_keeps_every_rule(tmp_path):

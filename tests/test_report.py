@@ -135,7 +135,7 @@ def test_latex_groups_paper_columns_and_long_tables_become_longtables():
     paper = by_name(papers.paper_tables(rr.paper_records()))["segmenter_table4"]
     tex = to_latex(paper)
     assert r"\multicolumn{3}{c}{Small}" in tex and r"\cmidrule(lr){3-5}" in tex and r"$\Delta$" in tex
-    assert r"\resizebox{\linewidth}{!}" in tex  # 14 columns: scaled to the line
+    assert r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%" in tex  # shrunk when too wide
     long = Table("long", "Long", pd.DataFrame({"class": [f"c_{i}" for i in range(60)], "IoU": np.arange(60.0)}))
     tex = to_latex(long)
     assert r"\begin{longtable}{lr}" in tex and r"\endhead" in tex

@@ -15,7 +15,6 @@ import pandas as pd
 
 DIFF = "Δ"  # the sub-column of measured minus paper
 LONG_TABLE_ROWS = 40  # longer tables become LaTeX longtables (they may span pages)
-WIDE_TABLE_COLUMNS = 9  # wider tables are scaled to the line width in LaTeX
 
 
 @dataclass
@@ -255,7 +254,7 @@ def to_csv(table: pd.DataFrame, path) -> None:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
-_LATEX_UNICODE = {"Δ": r"$\Delta$", "—": "---", "–": "--", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+_LATEX_UNICODE = {"Δ": r"$\Delta$", "—": "---", "–": "--", "−": "$-$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
                   "±": r"$\pm$", "µ": r"$\mu$", "°": r"$^\circ$", "†": r"$\dagger$", "→": r"$\rightarrow$"}
 
 
@@ -301,14 +300,15 @@ def to_latex(table: Table, label_prefix: str = "tab:segbench-") -> str:
         return "\n".join(lines) + "\n"
     tabular = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", *header, r"\midrule", *body, r"\bottomrule",
                r"\end{tabular}"]
-    if len(frame.columns) > WIDE_TABLE_COLUMNS:
-        tabular = [r"\resizebox{\linewidth}{!}{%", *tabular, "}"]
+    # shrunk to the line width when wider, never enlarged (graphicx's \width is the natural width)
+    tabular = [r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%", *tabular, "}"]
     lines = [r"\begin{table}[htbp]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}", *tabular,
              *notes, r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 LATEX_PREAMBLE = r"""\documentclass{article}
+\usepackage[a4paper,landscape,margin=1.8cm]{geometry}
 \usepackage[T1]{fontenc}
 \usepackage{booktabs}
 \usepackage{longtable}
