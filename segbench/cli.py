@@ -288,8 +288,12 @@ def cmd_corrupt(args) -> int:
 def cmd_report(args) -> int:
     from segbench import report
 
+    from segbench.results import load_records
+
     if not Path(args.results).is_dir():
         raise UsageError(f"{args.results}: no such results folder")
+    if not load_records(args.results):
+        raise UsageError(f"{args.results}: no records in this folder (write some with `segbench run SUITE`)")
     files = report.render(args.results, args.out)
     if args.json:
         _print_json({"index": str(Path(args.out) / "index.html"), "written": [str(p) for p in files]})

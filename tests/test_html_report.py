@@ -71,7 +71,7 @@ def quickstart_report(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
 def test_index_html_is_self_contained_with_every_table_and_plot(tmp_path):
     index, tables, figures = quickstart_report(tmp_path)
     html = index.read_text()
-    assert {"accuracy", "efficiency", "sizes", "training"} <= set(tables)
+    assert {"accuracy", "accuracy_cost", "efficiency", "sizes", "per_class_synthetic_val", "training"} <= set(tables)
     assert {"miou", "miou_vs_macs", "miou_vs_fps", "sizes", "predictions"} <= set(figures)
     if QUICKSTART_BASELINE.is_dir():  # the quickstart's sweep: robustness tables, curves, heatmap, grid
         assert {"robustness", "robustness_summary"} <= set(tables)
@@ -145,7 +145,7 @@ class Chromium:
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Network", "Page", "Runtime"):
             self.send(f"{domain}.enable", session=session)
-        self.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900, "deviceScaleFactor": 1,
+        self.send("Emulation.setDeviceMetricsOverride", {"width": 1440, "height": 900, "deviceScaleFactor": 1,
                                                          "mobile": False}, session)
         self.send("Page.navigate", {"url": url}, session)
         self.wait_for("Page.loadEventFired")
@@ -215,7 +215,7 @@ def test_quickstart_report_renders_in_headless_chromium_without_network(tmp_path
     assert requests and all(url.startswith(LOCAL_SCHEMES) for url in requests), requests
     assert net_log == [], net_log  # nothing left the machine, from the page or from chromium itself
     with Image.open(screenshot) as image:
-        assert image.size[0] >= 1200 and image.size[1] > 3000  # the whole page, not one screen
+        assert image.size[0] >= 1400 and image.size[1] > 3000  # the whole page, not one screen
         assert len(image.convert("L").getcolors(1 << 16) or []) > 20  # drawn, not blank
     if os.environ.get("SEGBENCH_SCREENSHOT"):  # keep it (CI artifacts, or to look at)
         shutil.copy(screenshot, os.environ["SEGBENCH_SCREENSHOT"])

@@ -70,11 +70,13 @@ def test_micro_models_get_no_paper_tables_but_the_generic_ones():
     records = [rr.eval_record("e1", "m1", "segmenter_micro_p8_linear", 40.0),
                rr.profile_record("p1", "m1", "segmenter_micro_p8_linear")]
     assert papers.paper_tables(records) == []
-    table = tables.accuracy_table(records)
-    row = table.iloc[0]
-    assert (row["mIoU"], row["CI low"], row["CI high"], row["worst 10 %"]) == (40.0, 38.5, 41.4, 20.0)
-    assert (row["profiled at"], row["params (M)"], row["GMACs"]) == ("128×128", 3.8, 2.5)
-    assert "latency (ms)" in table and "eval images/s" in table
+    row = tables.accuracy_table(records).iloc[0]
+    assert (row["mIoU"], row["CI low"], row["CI high"], row["worst 10 %"], row["eval images/s"]) == (
+        40.0, 38.5, 41.4, 20.0, 90.0)
+    cost = tables.accuracy_cost_table(records).iloc[0]
+    assert (cost["mIoU"], cost["profiled at"], cost["params (M)"], cost["GMACs"], cost["latency (ms)"]) == (
+        40.0, "128×128", 3.8, 2.5, 10.0)
+    assert tables.accuracy_cost_table(records[:1]).empty  # no profile record: no cost table
 
 
 def test_generic_tables_from_eval_profile_and_train_records():
@@ -104,7 +106,7 @@ def test_render_writes_every_format_from_the_records(tmp_path):
     rr.with_previews(results, records[1])
     rr.write(results, records)
     written = {p.name for p in report.render(results, tmp_path / "out")}
-    assert {"report.md", "report.tex", "index.html", "accuracy.csv", "accuracy.tex", "efficiency.csv",
+    assert {"report.md", "report.tex", "index.html", "accuracy.csv", "accuracy.tex", "accuracy_cost.csv", "efficiency.csv",
             "sizes.csv", "per_class_synthetic_val.csv", "segmenter_table3.tex", "segformer_table2.csv",
             "miou.png", "miou_vs_macs_synthetic_val.png", "miou_vs_fps_synthetic_val.png", "sizes.png",
             "predictions.png"} <= written
@@ -227,3 +229,14 @@ def test_eval_job_saves_its_first_predictions_for_the_overlays(tmp_path):
     out = tmp_path / "report"
     report.render(results, out)
     assert (out / "predictions.png").is_file() and "Qualitative results" in (out / "report.md").read_text()
+
+
+def test_report_cli_names_the_index_and_refuses_a_folder_without_records(tmp_path, capsys):
+    from segbench.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert "no records in this folder" in capsys.readouterr().err
+    rr.write(tmp_path / "results", [rr.eval_record("e1", "m1", "segmenter_micro_p8_linear", 40.0)])
+    assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    assert f"report: {tmp_path / 'out' / 'index.html'}" in capsys.readouterr().err.replace("\n", "")

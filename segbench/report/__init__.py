@@ -16,9 +16,9 @@ from segbench.report.document import Figure, Section, latex_document, markdown, 
 from segbench.report.html import page
 from segbench.report.papers import paper_tables
 from segbench.report.plots import miou_bars, overlay_grid, size_bars, tradeoff_plot
-from segbench.report.tables import (Table, accuracy_table, common_input_size, evaluated_profiles, finished,
-                                    per_class_tables, profile_of, profile_table, protocol_of, size_buckets_text,
-                                    size_table, training_table)
+from segbench.report.tables import (Table, accuracy_cost_table, accuracy_table, common_input_size,
+                                    evaluated_profiles, finished, per_class_tables, profile_of, profile_table,
+                                    protocol_of, size_buckets_text, size_table, training_table)
 from segbench.results import load_records, now
 
 
@@ -65,10 +65,12 @@ def accuracy_section(records: list[dict], out: Path) -> Section | None:
     text = ("Dataset-level mIoU, mAcc and aAcc (%) of each evaluation; CI = 95 % percentile-bootstrap interval of "
             "mIoU over images; per-image mIoU = mean over images of each image's mIoU (classes in its ground "
             "truth), worst 10 % = mean of the lowest decile; eval images/s = the whole test-time protocol.")
-    if "profiled at" in table:
-        text += (" Params, GMACs (multiply-accumulates), latency and images/s (model forward) come from the "
-                 "model's profile record at the input size given.")
-    section = Section("Accuracy and cost", text, [Table("accuracy", "Accuracy and cost per evaluation", table)])
+    section = Section("Accuracy and cost", text, [Table("accuracy", "Accuracy per evaluation", table)])
+    cost = accuracy_cost_table(records)
+    if not cost.empty:
+        section.tables.append(Table("accuracy_cost", "Accuracy and cost", cost,
+                                    "Params, GMACs (multiply-accumulates of one forward pass), latency and images/s "
+                                    "(model forward) from the model's profile record at the input size given."))
     section.figures.append(Figure(miou_bars(table, out / "miou.png"), "Dataset-level mIoU",
                                   "Each model under each protocol."))
     section.figures += tradeoff_figures(records, out)

@@ -10,7 +10,7 @@ from segbench.report.tables import Table, formatted_rows, header_groups, numeric
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
-       color: #1d2430; margin: 0 auto; max-width: 1200px; padding: 1.5rem 2rem 4rem; }
+       color: #1d2430; margin: 0 auto; max-width: 1440px; padding: 1.5rem 2rem 4rem; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; }
 h2 { font-size: 1.25rem; border-bottom: 1px solid #d7dce3; padding-bottom: .25rem; margin-top: 2.4rem; }
 nav ol { columns: 2; padding-left: 1.2rem; }
@@ -22,7 +22,7 @@ table { border-collapse: collapse; font-size: .84rem; font-variant-numeric: tabu
 thead tr:first-child th { border-top: 2px solid #1d2430; }
 thead tr:last-child th { border-bottom: 1px solid #1d2430; }
 tbody tr:last-child td { border-bottom: 2px solid #1d2430; }
-th, td { padding: .22rem .5rem; text-align: left; white-space: nowrap; }
+th, td { padding: .22rem .42rem; text-align: left; white-space: nowrap; }
 th { white-space: normal; vertical-align: bottom; min-width: 3.2rem; }
 th.group { text-align: center; border-bottom: 1px solid #8a94a3; }
 td.num, th.num { text-align: right; }

@@ -74,31 +74,39 @@ def number(value) -> float:
 
 
 def accuracy_table(records: list[dict]) -> pd.DataFrame:
-    """One row per finished evaluation: accuracy, its 95 % interval, per-image scores,
-    evaluation throughput, and the model's cost from its profile record (at the input size
-    most profiles of the models evaluated on that dataset share, else its latest)."""
+    """One row per finished evaluation: accuracy, its 95 % interval, per-image scores and the
+    throughput of the whole test-time protocol."""
     rows = []
     for r in finished(records, "eval"):
         m = r["metrics"]
         ci, per_image = m.get("mIoU_ci") or {}, m.get("per_image") or {}
-        profiles = evaluated_profiles(records, r["dataset"])
-        profile = (profile_of(profiles, r["model"], r.get("arch"), common_input_size(profiles))
-                   or profile_of(profiles, r["model"], r.get("arch"), None))
-        cost = profile["metrics"] if profile else {}
         rows.append({"model": r["model"], "arch": r.get("arch"), "dataset": r["dataset"], "protocol": protocol_of(r),
                      "mIoU": number(m.get("mIoU")), "CI low": number(ci.get("low")), "CI high": number(ci.get("high")),
                      "mAcc": number(m.get("mAcc")), "aAcc": number(m.get("aAcc")),
                      "per-image mIoU": number(per_image.get("mIoU_mean")),
                      "worst 10 %": number(per_image.get("mIoU_worst10")),
-                     "eval images/s": number((r.get("timings") or {}).get("images_per_second")),
-                     "profiled at": "{}×{}".format(*input_size(profile)) if profile else None,
-                     "params (M)": millions(cost.get("params")), "GMACs": giga(cost.get("macs")),
-                     "latency (ms)": number(cost.get("latency_ms")),
-                     "images/s": number(cost.get("images_per_second"))})
+                     "eval images/s": number((r.get("timings") or {}).get("images_per_second"))})
     columns = ["model", "arch", "dataset", "protocol", "mIoU", "CI low", "CI high", "mAcc", "aAcc", "per-image mIoU",
-               "worst 10 %", "eval images/s", "profiled at", "params (M)", "GMACs", "latency (ms)", "images/s"]
-    table = pd.DataFrame(rows, columns=columns)
-    return table.dropna(axis=1, how="all")  # no CI, no profile: no empty columns
+               "worst 10 %", "eval images/s"]
+    return pd.DataFrame(rows, columns=columns).dropna(axis=1, how="all")  # no CI recorded: no empty columns
+
+
+def accuracy_cost_table(records: list[dict]) -> pd.DataFrame:
+    """Each evaluation's mIoU beside its model's cost: the profile record at the input size most
+    profiles of the models evaluated on that dataset share (else the model's latest)."""
+    rows = []
+    for r in finished(records, "eval"):
+        profiles = evaluated_profiles(records, r["dataset"])
+        profile = (profile_of(profiles, r["model"], r.get("arch"), common_input_size(profiles))
+                   or profile_of(profiles, r["model"], r.get("arch"), None))
+        if profile is None:
+            continue
+        cost = profile["metrics"]
+        rows.append({"model": r["model"], "dataset": r["dataset"], "protocol": protocol_of(r),
+                     "mIoU": number(r["metrics"].get("mIoU")), "profiled at": "{}×{}".format(*input_size(profile)),
+                     "params (M)": millions(cost.get("params")), "GMACs": giga(cost.get("macs")),
+                     "latency (ms)": number(cost.get("latency_ms")), "images/s": number(cost.get("images_per_second"))})
+    return pd.DataFrame(rows)
 
 
 def profile_table(records: list[dict]) -> pd.DataFrame:
