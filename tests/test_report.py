@@ -111,6 +111,7 @@ def test_render_writes_every_format_from_the_records(tmp_path):
             "miou.png", "miou_vs_macs_synthetic_val.png", "miou_vs_fps_synthetic_val.png", "sizes.png",
             "predictions.png"} <= written
     md = (tmp_path / "out" / "report.md").read_text()
+    assert "- m1 at 128×128: fvcore skipped aten::softmax (2); peak memory = process peak rss" in md
     assert "| seg_b16 | segmenter_b16_linear | 83.33 | 92.00 | -8.67 |" in md  # ours, paper, Δ
     assert "## Failed jobs" in md and "out of memory" in md
     csv = pd.read_csv(tmp_path / "out" / "segmenter_table3.csv")

@@ -134,11 +134,20 @@ def efficiency_section(records: list[dict]) -> Section | None:
     table = profile_table(records)
     if table.empty:
         return None
+    notes = []
+    for p in finished(records, "profile"):  # what the two MAC counts and the memory figure mean, per record
+        details = p.get("profile") or {}
+        skipped = ", ".join(f"{op} ({n})" for op, n in (details.get("fvcore_skipped_ops") or {}).items())
+        memory = (details.get("memory") or {}).get("kind")
+        if skipped or memory:
+            notes.append(f"{p['model']} at {p['input']['height']}×{p['input']['width']}: "
+                         + "; ".join(([f"fvcore skipped {skipped}"] if skipped else [])
+                                     + ([f"peak memory = {memory.replace('_', ' ')}"] if memory else [])))
     return Section("Efficiency", "One row per profile record (model, input size, device): parameters (M; aux = "
                                  "auxiliary heads, not used at inference), GMACs of the inference forward (torch's "
                                  "FlopCounterMode; fvcore's count, which skips some operators, beside it), model-"
                                  "forward latency median with its 10th-90th percentile spread, throughput and "
-                                 "peak memory.", [Table("efficiency", "Model cost", table)])
+                                 "peak memory.", [Table("efficiency", "Model cost", table, notes=notes)])
 
 
 def size_section(records: list[dict], out: Path) -> Section | None:

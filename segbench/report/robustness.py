@@ -167,7 +167,8 @@ def sections(records: list[dict], results_dir: Path, out: Path) -> list[Section]
                            Table(f"robustness_summary{suffix}", "Robustness aggregates", summary(sweep, scores),
                                  "Per group, mPC, rPC and CD, in %.")])
         if problems:
-            section.items = ["Incomplete (no scores, never a zero for a missing cell): " + p for p in problems]
+            section.text += " Incomplete models (no scores, never a zero for a missing cell) are listed below."
+            section.items = problems
         if scores:
             section.figures += [
                 Figure(severity_plot(sweep, scores, out / f"robustness_curves{suffix}.png"),
