@@ -363,14 +363,85 @@ def cmd_profile(args) -> int:
 def cmd_report(args) -> int:
     from segbench import report
 
+    from segbench.results import load_records
+
     if not Path(args.results).is_dir():
         raise UsageError(f"{args.results}: no such results folder")
+    if not load_records(args.results):
+        raise UsageError(f"{args.results}: no records in this folder (write some with `segbench run SUITE`)")
     files = report.render(args.results, args.out)
     if args.json:
-        _print_json({"written": [str(p) for p in files]})
+        _print_json({"index": str(Path(args.out) / "index.html"), "written": [str(p) for p in files]})
     else:
-        _console().print("written: " + ", ".join(str(p) for p in files))
+        tables = sum(p.suffix == ".csv" for p in files)
+        plots = sum(p.suffix == ".png" for p in files)
+        _console().print(f"report: {Path(args.out) / 'index.html'} (one self-contained page), report.md, report.tex; "
+                         f"{tables} tables as CSV and LaTeX, {plots} plots, in {args.out}/")
     return EXIT_OK
+
+
+def _number(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if abs(value) >= 1e5 else f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _change(before, after) -> str:
+    if before is None or after is None:
+        return "—"
+    delta = after - before
+    pct = f" ({100 * delta / abs(before):+.1f} %)" if before else ""
+    return f"{_number(delta) if delta < 0 else '+' + _number(delta)}{pct}"
+
+
+def cmd_check(args) -> int:
+    from segbench.regression import CheckError, as_dict, check, load_tolerances, where
+
+    try:
+        result = check(args.results, args.baseline, load_tolerances(args.tolerances))
+    except CheckError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json(as_dict(result))
+        return EXIT_OK if result.ok else EXIT_FAILED
+    table = Table(title=f"segbench check: {args.results} against {args.baseline}")
+    for column in ("job", "kind", "model", "where", "metric", "baseline", "current", "change", "tolerance", "verdict"):
+        table.add_column(column, justify="right" if column in ("baseline", "current", "change") else "left")
+    colour = {"regression": "red", "metric missing": "red", "not gated": "yellow", "ok": "green"}
+    shown = [f for f in result.findings if args.all or f.failed or f.moved]
+    for f in shown:
+        verdict = f.verdict.upper() if f.failed else f.verdict
+        table.add_row(f.current["job_id"][:8], f.current["kind"], f.current["model"], where(f.current), f.metric,
+                      _number(f.before), _number(f.after), _change(f.before, f.after), f.limit,
+                      f"[{colour[f.verdict]}]{verdict}[/{colour[f.verdict]}]" + (f" ({f.note})" if f.note else ""))
+    for r in result.pairing.missing:
+        table.add_row(r["job_id"][:8], r["kind"], r.get("model", ""), where(r), "—", "", "", "", "",
+                      "[red]MISSING: no record of this baseline job[/red]")
+    for r in result.errors:
+        table.add_row(r["job_id"][:8], r["kind"], r.get("model", ""), where(r), "—", "", "", "", "",
+                      f"[red]ERROR: {r['error']['type']}: {r['error']['message'][:80]}[/red]")
+    out = _stdout()
+    if table.row_count:
+        out.print(table)
+    pairs = result.pairing.pairs
+    by_key = sum(m != "job id" for _, _, m in pairs)
+    lines = [f"{len(pairs)} records compared with the baseline ({len(pairs) - by_key} matched by job id"
+             + (f", {by_key} by kind, model, dataset and protocol: their job ids differ, so a setting of the "
+                "suite changed" if by_key else "") + ")",
+             f"{len(result.findings)} metrics checked, {sum(f.moved for f in result.findings)} moved "
+             f"({len(shown)} shown{'' if args.all else '; --all shows every metric'}), "
+             f"{len(result.regressions)} beyond tolerance, "
+             f"{sum(f.verdict == 'not gated' for f in result.findings)} not gated"]
+    if result.pairing.missing or result.errors:
+        lines.append(f"{len(result.pairing.missing)} baseline jobs without a record, {len(result.errors)} failed")
+    if result.pairing.new:
+        lines.append(f"{len(result.pairing.new)} records not in the baseline (not checked): "
+                     + ", ".join(f"{r['job_id'][:8]} {r['kind']} {r.get('model', '')}" for r in result.pairing.new[:5])
+                     + (" ..." if len(result.pairing.new) > 5 else ""))
+    lines.append("check passed" if result.ok else "check FAILED: regressions against the baseline")
+    for line in lines:
+        out.print(line, highlight=False)
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,11 +559,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("report", help="render tables and plots from a results folder")
-    p.add_argument("results")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("report", help="render tables and plots from a results folder",
+                       description="Render the records of a results folder as paper-shaped tables (the papers' "
+                                   "numbers beside ours), generic tables and plots: OUT/index.html (self-contained), "
+                                   "OUT/report.md, OUT/report.tex, and every table as CSV and LaTeX.")
+    p.add_argument("results", help="folder of records, e.g. results/quickstart")
+    p.add_argument("--out", required=True, help="output folder, e.g. reports/quickstart")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("check", help="regression gate: compare records to a baseline with tolerances (exit 1 on "
+                                     "a regression)",
+                       description="Pair each baseline record with the record of the same job id in RESULTS (else "
+                                   "the one of the same kind, model, dataset and protocol), check every metric the "
+                                   "tolerance file names, and print what moved. Exit 0: within tolerance; 1: a "
+                                   "regression, a missing job or an error record; 2: bad input.")
+    p.add_argument("results", help="folder of records to check")
+    p.add_argument("--baseline", required=True, help="folder of baseline records, e.g. baselines/quickstart")
+    p.add_argument("--tolerances", required=True, help="YAML file of limits, e.g. baselines/tolerances.yaml")
+    p.add_argument("--all", action="store_true", help="list every metric checked, not only those that moved")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
     return parser
 
 

@@ -29,6 +29,7 @@ from segbench.metrics.stats import save_per_image
 from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.profiling import parse_size, profile_model
+from segbench.report.previews import PreviewWriter
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
 from segbench.robustness.corruptions import corruption_grid, grid_cells
 from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
@@ -69,14 +70,17 @@ def plan(suite: Suite) -> list[Job]:
         train_ids[key] = job.id
     for spec in suite.evaluate:
         for key in spec.models or tuple(suite.models):
-            config = {**_model_config(suite, key, spec.dataset, train_ids), "eval": asdict(spec)}
+            settings = asdict(spec)
+            if not spec.previews:  # only when set, so existing job ids stay the same
+                del settings["previews"]
+            config = {**_model_config(suite, key, spec.dataset, train_ids), "eval": settings}
             jobs.append(Job("eval", key, config, needs=train_ids.get(key)))
     for spec in suite.corruption:
         # One job per (model, corruption, severity) and one on clean images. The grid and the
         # reference model are not part of a cell's id: growing a sweep recomputes nothing.
         grid = corruption_grid(spec.corruptions, spec.severities)
         settings = {k: v for k, v in asdict(spec).items()
-                    if k not in ("models", "corruptions", "severities", "reference")}
+                    if k not in ("models", "corruptions", "severities", "reference", "previews")}
         sweep = {"key": sweep_key(asdict(suite.datasets[spec.dataset]), settings), "grid": grid,
                  "reference": spec.reference}
         for key in spec.models or tuple(suite.models):
@@ -161,6 +165,7 @@ class Runner:
         config, t = job.config, job.config["train"]
         dataset = build_dataset(config["dataset"]["kind"], t["split"], config["dataset"]["root"],
                                 **config["dataset"]["options"])
+        torch.manual_seed(config["seed"])  # the initial weights too: torch's default seed differs per process
         model = create_model(config["arch"], num_classes=config["num_classes"])
         recipe = resolve_recipe(model.info.family, t["recipe"], iters=t["iters"], batch_size=t["batch_size"],
                                 lr=t["lr"], crop_size=t["crop_size"])
@@ -236,7 +241,11 @@ class Runner:
         evaluators = standard_evaluators(dataset, spec["size_breakdown"], spec["bootstrap"], self.suite.seed)
         count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
         task = self._task(description, count)
-        timing = evaluate(model, dataset, protocol, evaluators, self.device, spec["max_images"],
+        previews = []  # opt-in: the first predictions as PNGs, for the report's overlays
+        if spec.get("previews") and dist.is_main():
+            previews = [PreviewWriter(self.results_dir, job.id, {**config["dataset"], "split": spec["split"]},
+                                      spec["previews"], dataset.palette)]
+        timing = evaluate(model, dataset, protocol, evaluators + previews, self.device, spec["max_images"],
                           progress=lambda: self._advance(task))
         per_image_file = None
         if spec["per_image"]:  # per-image counts beside the record, for `segbench compare`
@@ -247,7 +256,8 @@ class Runner:
                 "checkpoint_load": self.load_report(),
                 "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
                 "protocol": asdict(protocol), "metrics": collect_results(evaluators),
-                "per_image_file": per_image_file, "timings": timing.as_dict()}, dataset
+                "per_image_file": per_image_file, "timings": timing.as_dict(),
+                **({"previews": previews[0].written} if previews else {})}, dataset
 
     def run_profile(self, job: Job) -> dict:
         config, settings = job.config, dict(job.config["profile"])

@@ -69,6 +69,7 @@ class EvalSpec:
     size_breakdown: bool = True  # mIoU over small / medium / large objects (DESIGN.md protocol)
     bootstrap: int = 1000  # resamples of the images for the 95 % interval of mIoU; 0: none
     per_image: bool = True  # write per-image counts beside the record (<job>.per_image.npz) for `segbench compare`
+    previews: int = 0  # save the first N predictions as PNGs for the report's qualitative overlays (evaluate only)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,8 @@ def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
         raise where.error(f"{path}.protocol", f"unknown protocol {spec.protocol!r}; choose from {PROTOCOLS}")
     if spec.bootstrap < 0:
         raise where.error(f"{path}.bootstrap", f"expected 0 (off) or a number of resamples, got {spec.bootstrap}")
+    if spec.previews < 0:
+        raise where.error(f"{path}.previews", f"expected 0 (off) or a number of images, got {spec.previews}")
     if spec.mode not in (None, "whole", "slide"):
         raise where.error(f"{path}.mode", f"mode must be 'whole' or 'slide', got {spec.mode!r}")
     for model in spec.models:
@@ -266,6 +269,9 @@ def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
 def _check_corruption(suite: Suite, spec: CorruptionSpec, path: str, where: _Where) -> None:
     from segbench.robustness.corruptions import CorruptionError, corruption_grid
 
+    if spec.previews:
+        raise where.error(f"{path}.previews", "prediction previews are for `evaluate` blocks; a sweep keeps one "
+                                              "image per cell for the report by itself")
     for field_name, severities in (("corruptions", ()), ("severities", spec.severities)):
         try:
             corruption_grid(spec.corruptions, severities)

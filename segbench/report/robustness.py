@@ -1,7 +1,7 @@
 """The robustness part of a report, from corruption-sweep records: a table in SegFormer
 Table 5's shape (with the paper's numbers beside ours where it reports the model), the
-aggregates (per group, mPC, rPC, CD), mIoU-vs-severity curves per group, and one scene
-under every corruption at severity 3."""
+aggregates (per group, mPC, rPC, CD), mIoU-vs-severity curves per group, a models x
+corruptions heatmap, and one scene under every corruption at severity 3."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segbench.report.tables import to_markdown  # noqa: E402
+from segbench.report.document import Figure, Section  # noqa: E402
+from segbench.report.tables import Table  # noqa: E402
 from segbench.robustness.corruptions import CORRUPTION_GROUPS, GROUP_OF, CorruptionError  # noqa: E402
 from segbench.robustness.sweep import CLEAN, Sweep, collect_sweeps  # noqa: E402
 
@@ -127,36 +128,58 @@ def grid_images(sweep: Sweep) -> list[tuple[str, Path]]:
     return images
 
 
-def render(records: list[dict], results_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
-    """Markdown lines and files (CSV, PNG) of every corruption sweep in ``records``."""
+def heatmap_plot(sweep: Sweep, scores: dict[str, dict], path: Path) -> Path:
+    """Models x corruptions: each cell's mIoU averaged over its severities (Table 5's cells), clean first."""
+    columns = [CLEAN, *sweep.grid]
+    values = [[s["clean"], *(s["corruption"][c] for c in sweep.grid)] for s in scores.values()]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(columns), 1.2 + 0.45 * len(values)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < (image.norm.vmin + image.norm.vmax) / 2 else "black")
+    ax.set_xticks(range(len(columns)), [c.replace("_", " ") for c in columns], rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(values)), list(scores), fontsize=8)
+    fig.colorbar(image, ax=ax, label="mIoU (%)", fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sections(records: list[dict], results_dir: Path, out: Path) -> list[Section]:
+    """One report section per corruption sweep in ``records``; writes its plots into ``out``."""
     sweeps = collect_sweeps(records, results_dir)
-    lines, written = [], []
+    found = []
     for sweep in sweeps:
         suffix = f"-{sweep.key[:8]}" if len(sweeps) > 1 else ""
         scores, problems = score_sweep(sweep)
-        cells, aggregates = table5(sweep, scores), summary(sweep, scores)
-        files = {"cells": out / f"robustness{suffix}.csv", "summary": out / f"robustness_summary{suffix}.csv",
-                 "curves": out / f"robustness_curves{suffix}.png", "grid": out / f"corruptions{suffix}.png"}
-        cells.to_csv(files["cells"], index=False)
-        aggregates.to_csv(files["summary"], index=False)
-        written += [files["cells"], files["summary"]]
         severities = sorted({s for ss in sweep.grid.values() for s in ss})
-        lines += [f"## Robustness to corruptions: {sweep.dataset} ({sweep.split}), {sweep.protocol}", "",
-                  f"Corruptions of SegFormer Table 5 (imagecorruptions, after Kamann & Rother) at severities "
-                  f"{', '.join(map(str, severities))} (noise at most 3), on {sweep.images} images. A cell is the "
-                  "dataset-level mIoU (%) averaged over its severities. Group = mean of its corruptions; "
-                  "mPC = mean of the corruption cells; rPC = mPC / clean."
-                  + (f" CD = summed degradation (1 - mIoU) relative to {sweep.reference}'s (100 = as degraded); "
-                     "relative CD subtracts each model's clean degradation." if sweep.reference else ""), "",
-                  to_markdown(cells), "", to_markdown(aggregates), ""]
+        text = (f"Corruptions of SegFormer Table 5 (imagecorruptions, after Kamann & Rother) at severities "
+                f"{', '.join(map(str, severities))} (noise at most 3), on {sweep.images} images. A cell is the "
+                "dataset-level mIoU (%) averaged over its severities. Group = mean of its corruptions; "
+                "mPC = mean of the corruption cells; rPC = mPC / clean."
+                + (f" CD = summed degradation (1 - mIoU) relative to {sweep.reference}'s (100 = as degraded); "
+                   "relative CD subtracts each model's clean degradation." if sweep.reference else ""))
+        section = Section(f"Robustness to corruptions: {sweep.dataset} ({sweep.split}), {sweep.protocol}", text,
+                          [Table(f"robustness{suffix}", "Corruption cells (SegFormer Table 5's shape)",
+                                 table5(sweep, scores), "mIoU (%); paper rows where the paper reports the model."),
+                           Table(f"robustness_summary{suffix}", "Robustness aggregates", summary(sweep, scores),
+                                 "Per group, mPC, rPC and CD, in %.")])
         if problems:
-            lines += ["Incomplete (no scores, never a zero for a missing cell):", "",
-                      *(f"- {p}" for p in problems), ""]
+            section.text += " Incomplete models (no scores, never a zero for a missing cell) are listed below."
+            section.items = problems
         if scores:
-            written.append(severity_plot(sweep, scores, files["curves"]))
-            lines += [f"![mIoU vs severity per corruption group]({files['curves'].name})", ""]
+            section.figures += [
+                Figure(severity_plot(sweep, scores, out / f"robustness_curves{suffix}.png"),
+                       "mIoU vs severity per corruption group", "Severity 0 = clean; one line per model."),
+                Figure(heatmap_plot(sweep, scores, out / f"robustness_heatmap{suffix}.png"),
+                       "mIoU under each corruption", "Averaged over the severities; clean first.")]
         images = grid_images(sweep)
         if images:
-            written.append(grid_plot(images, files["grid"]))
-            lines += [f"![one scene under every corruption]({files['grid'].name})", ""]
-    return lines, written
+            section.figures.append(Figure(grid_plot(images, out / f"corruptions{suffix}.png"),
+                                          "One scene under every corruption",
+                                          f"The first image of the sweep at severity {GRID_SEVERITY} "
+                                          "(or the closest severity swept)."))
+        found.append(section)
+    return found
