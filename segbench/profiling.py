@@ -6,7 +6,9 @@ produced each number (``profile.counters``).
 Conventions:
 
 - ``macs``: multiply-accumulates of the inference forward ``model(x)`` (the main head; SETR's
-  auxiliary heads are training-only and not run), per image, counted by PyTorch's
+  auxiliary heads are training-only and not run) as the architecture specifies it (inference
+  fast paths that compute the same function with less work, such as SegFormer's fused
+  decoder, are off while counting: ``models.reference_paths``), per image, counted by PyTorch's
   ``torch.utils.flop_counter.FlopCounterMode`` (its total / 2: it counts a multiply-add as 2
   FLOPs). It counts convolutions and matrix products, attention included
   (``scaled_dot_product_attention`` and explicit ``q @ k``), not element-wise work (norms,
@@ -49,7 +51,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from segbench.models import create_model
+from segbench.models import create_model, reference_paths
 
 MB = 2 ** 20
 MAX_BATCH_SIZE = 1024  # where the "max" batch search stops even if memory allows more
@@ -91,7 +93,7 @@ def count_macs(model: nn.Module, height: int, width: int) -> tuple[int, list[dic
     """
     device = next(model.parameters()).device
     x = torch.empty(1, 3, height, width, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), reference_paths(model):
         model.eval()(x)
     counts = counter.get_flop_counts()
     by_operator = {str(op): flops // 2 for op, flops in counts.get("Global", {}).items()}
@@ -131,7 +133,7 @@ def by_module_rows(model: nn.Module, counts: dict[str, dict]) -> list[dict]:
 def count_macs_fvcore(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
     """fvcore's count for ``model(x)`` (a real forward, traced with torch.jit) and the
     operators it skipped (no handler), with how often each was called."""
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), reference_paths(model):
         warnings.simplefilter("ignore")  # torch.jit deprecation and tracer warnings (data-dependent shapes)
         from fvcore.nn import FlopCountAnalysis
 

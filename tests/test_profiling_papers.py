@@ -33,7 +33,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from segbench.models import create_model
+from segbench.models import create_model, reference_paths
 from segbench.profiling import count_macs, parse_size
 from segbench.reference import reference_frame
 
@@ -120,11 +120,13 @@ def test_paper_counter_reproduces_cityscapes():
     def paper_counter(name: str, num_classes: int) -> float:
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes).eval()
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), reference_paths(model):
             model(torch.empty(1, 3, 1024, 2048, device="meta"))
         attention = sum(flops for op, flops in counter.get_flop_counts()["Global"].items()
                         if "attention" in str(op) or "bmm" in str(op)) / 2  # SDPA (bmm after meta decomposition)
-        modules, _ = get_model_complexity_info(model, (3, 1024, 2048), print_per_layer_stat=False, as_strings=False)
+        with reference_paths(model):  # the architecture's modules, not the fused inference path
+            modules, _ = get_model_complexity_info(model, (3, 1024, 2048), print_per_layer_stat=False,
+                                                   as_strings=False)
         return (modules + attention) / 1e9
 
     assert off(paper_counter("segformer_b0", ADE_HEAD), 125.5) < 0.001

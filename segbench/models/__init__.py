@@ -9,6 +9,7 @@ needs to know about it (normalisation, patch size, default crop and test window)
 from __future__ import annotations
 
 import fnmatch
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -83,6 +84,22 @@ def _import_families() -> None:
     for module in pkgutil.iter_modules(__path__):
         if module.name != "checkpoints":
             importlib.import_module(f"{__name__}.{module.name}")
+
+
+@contextmanager
+def reference_paths(model: nn.Module):
+    """Within the block, ``model`` computes as its paper specifies: the inference fast paths
+    that compute the same function with less work (modules with ``fast_path = True``, e.g.
+    SegFormer's fused decoder) are off. Profiling counts MACs this way, so they are the
+    architecture's, whatever the fast paths save."""
+    switched = [m for m in model.modules() if getattr(m, "fast_path", False)]
+    for module in switched:
+        module.fast_path = False
+    try:
+        yield model
+    finally:
+        for module in switched:
+            module.fast_path = True
 
 
 def describe_models(pattern: str = "*") -> list[dict]:

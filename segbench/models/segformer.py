@@ -47,8 +47,20 @@ def init_official(module: nn.Module) -> None:
 
 
 def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W)."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
+    """(B, H*W, C) -> (B, C, H, W), a channels-last view of the same memory (no copy).
+
+    Convolutions on it run channels-last and return channels-last maps, which
+    ``map_to_tokens`` turns back into tokens without a copy either. (A map whose strides are
+    not canonical channels-last, e.g. ``x.transpose(1, 2).reshape(...)`` at batch 1, sends
+    the convolution down PyTorch's channels-first path: a copy in, a copy out, and a
+    depthwise kernel about ten times slower on CPU.)
+    """
+    return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C): a view for a channels-last map, a copy otherwise."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -60,9 +72,8 @@ class OverlapPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(x)
-        hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # no-op after the first stage
+        return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
 class EfficientSelfAttention(nn.Module):
@@ -84,7 +95,7 @@ class EfficientSelfAttention(nn.Module):
         batch, length, dim = x.shape
         q = self.q(x).reshape(batch, length, self.heads, -1).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = self.norm(self.sr(tokens_to_map(x, hw)).flatten(2).transpose(1, 2))
+            x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, hw))))
         k, v = self.kv(x).reshape(batch, x.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
@@ -99,7 +110,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        return self.dwconv(tokens_to_map(x, hw)).flatten(2).transpose(1, 2)
+        return map_to_tokens(self.dwconv(tokens_to_map(x, hw)))
 
 
 class MixFFN(nn.Module):
@@ -173,7 +184,7 @@ class LinearEmbed(nn.Module):
         self.proj = nn.Linear(in_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return tokens_to_map(self.proj(x.flatten(2).transpose(1, 2)), x.shape[2:])
+        return tokens_to_map(self.proj(map_to_tokens(x)), x.shape[2:])
 
 
 class AllMLPDecoder(nn.Module):
@@ -183,6 +194,10 @@ class AllMLPDecoder(nn.Module):
 
     ``in_channels`` lists the channels of the input maps, shallowest first, so any encoder
     with a list of feature maps can use it (SegFormer Table 3 pairs it with ViT-L).
+
+    In eval mode ``forward_fused`` computes the same function with less work (``fast_path``;
+    ``segbench.models.reference_paths`` turns it off, as profiling does to count the
+    architecture's MACs).
     """
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, dim: int = 768, dropout: float = 0.1):
@@ -193,14 +208,50 @@ class AllMLPDecoder(nn.Module):
         self.linear_fuse = ConvNormAct(dim * self.num_inputs, dim, 1, bias=False, act_layer=nn.ReLU)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(dim, num_classes, 1)
+        self.fast_path = True
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.fast_path and not self.training and self.linear_fuse.bn.running_var is not None:
+            return self.forward_fused(features)
         size = features[0].shape[2:]
         maps = []
         for i in reversed(range(self.num_inputs)):  # official order: [c4, c3, c2, c1]
             x = getattr(self, f"linear_c{i + 1}")(features[i])
             maps.append(x if x.shape[2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False))
         return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(maps, dim=1))))
+
+    def forward_fused(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``forward`` in eval mode, exact up to float rounding, without the concatenation.
+
+        ``linear_fuse``'s 1x1 convolution over the concatenated maps is a sum of one
+        (dim x dim) block per map, and its batch norm (running statistics) is a per-channel
+        affine map: composed with ``linear_c{i}``, each input map gets one affine map to
+        ``dim`` channels. Bilinear upsampling (align_corners=False) takes weighted means
+        whose weights sum to one, so it commutes with per-pixel affine maps: each map is
+        projected at its own resolution (1/32 ... 1/4) and only then upsampled and summed;
+        the ReLU comes after the sum, as before. This removes the (num_inputs * dim) x dim
+        product at 1/4 resolution, most of the decoder's work (B2 at 512 x 512: 42 of 62
+        GMACs). A composed (dim x C_i) weight costs dim * dim * C_i to form, so a map with
+        fewer pixels than channels is projected by the two linears in turn instead.
+        """
+        bn = self.linear_fuse.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        blocks = (self.linear_fuse.conv.weight.flatten(1) * scale[:, None]).chunk(self.num_inputs, dim=1)
+        size = features[0].shape[2:]
+        out = None
+        for block, i in zip(blocks, reversed(range(self.num_inputs))):  # official order: [c4, c3, c2, c1]
+            proj = getattr(self, f"linear_c{i + 1}").proj
+            x = features[i].permute(0, 2, 3, 1)  # (B, h, w, C): a view of MiT's channels-last maps
+            if x.shape[1] * x.shape[2] > x.shape[3]:
+                y = F.linear(x, block @ proj.weight, block @ proj.bias)
+            else:
+                y = F.linear(F.linear(x, proj.weight, proj.bias), block)
+            y = y.permute(0, 3, 1, 2)  # channels-last (B, dim, h, w)
+            if y.shape[2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out = y if out is None else out.add_(y)
+        shift = bn.bias - bn.running_mean * scale  # constant maps stay constant under upsampling
+        return self.linear_pred(F.relu(out + shift[:, None, None]))  # dropout: identity in eval
 
 
 class EncoderDecoder(nn.Module):
