@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct, DropPath
 
 from segbench.models import ModelInfo, register_model
-from segbench.models.segmenter import init_linear_and_norm
+from segbench.models.segmenter import init_linear_and_norm, map_to_tokens, tokens_to_map
 
 
 def init_official(module: nn.Module) -> None:
@@ -44,23 +44,6 @@ def init_official(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     else:
         init_linear_and_norm(module)
-
-
-def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W), a channels-last view of the same memory (no copy).
-
-    Convolutions on it run channels-last and return channels-last maps, which
-    ``map_to_tokens`` turns back into tokens without a copy either. (A map whose strides are
-    not canonical channels-last, e.g. ``x.transpose(1, 2).reshape(...)`` at batch 1, sends
-    the convolution down PyTorch's channels-first path: a copy in, a copy out, and a
-    depthwise kernel about ten times slower on CPU.)
-    """
-    return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
-
-
-def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C): a view for a channels-last map, a copy otherwise."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 class OverlapPatchEmbed(nn.Module):

@@ -55,6 +55,23 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_ext
     return torch.cat([extra, grid], dim=1)
 
 
+def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W), a channels-last view of the same memory (no copy).
+
+    Convolutions and bilinear resizing on it run channels-last and return channels-last
+    maps, which ``map_to_tokens`` turns back into tokens without a copy either. (A map whose
+    strides are not canonical channels-last, e.g. ``x.transpose(1, 2).reshape(...)`` at
+    batch 1, sends them down PyTorch's channels-first path with copies in and out: on CPU a
+    depthwise convolution ten times slower, a 150-class upsampling to 512 x 512 six times.)
+    """
+    return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C): a view for a channels-last map, a copy otherwise."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
 def init_linear_and_norm(module: nn.Module) -> None:
     """The official initialisation: truncated normal (0.02) linears, unit LayerNorms."""
     if isinstance(module, nn.Linear) and module.weight.is_meta:
@@ -120,8 +137,7 @@ class LinearDecoder(nn.Module):
         self.apply(init_linear_and_norm)
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        logits = self.head(tokens)
-        return logits.transpose(1, 2).reshape(logits.shape[0], -1, *grid)
+        return tokens_to_map(self.head(tokens), grid)
 
 
 class MaskTransformer(nn.Module):
@@ -149,8 +165,7 @@ class MaskTransformer(nn.Module):
         x = self.decoder_norm(x)
         patches = F.normalize(x[:, : -self.num_classes] @ self.proj_patch, dim=-1)
         classes = F.normalize(x[:, -self.num_classes:] @ self.proj_classes, dim=-1)
-        masks = self.mask_norm(patches @ classes.transpose(1, 2))
-        return masks.transpose(1, 2).reshape(masks.shape[0], -1, *grid)
+        return tokens_to_map(self.mask_norm(patches @ classes.transpose(1, 2)), grid)
 
 
 class Segmenter(nn.Module):

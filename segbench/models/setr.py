@@ -41,14 +41,9 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 
 from segbench.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
-from segbench.models.segmenter import init_linear_and_norm, resize_pos_embed, vit_blocks
+from segbench.models.segmenter import init_linear_and_norm, resize_pos_embed, tokens_to_map, vit_blocks
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
-
-
-def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, h*w, C) patch tokens -> (B, C, h, w)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, bias: bool = False) -> nn.Sequential:
