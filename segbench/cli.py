@@ -151,7 +151,8 @@ def cmd_eval(args) -> int:
             model, _ = load_model(args.model, args.checkpoint, dataset.num_classes)
             model.to(device)
             protocol = paper_protocol(model.info, dataset, multi_scale=args.protocol == "multi_scale")
-            timing = evaluate(model, dataset, protocol, evaluators, device, args.max_images, progress=advance)
+            timing = evaluate(model, dataset, protocol, evaluators, device, args.max_images, progress=advance,
+                              workers=args.workers, amp=args.amp, compile=args.compile)
             run = {"model": args.model, "checkpoint": args.checkpoint, "device": device, "protocol_name": args.protocol,
                    "protocol": protocol.__dict__, "timings": timing.as_dict()}
     results = collect_results(evaluators)
@@ -489,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-size", action="store_true", help="skip the object-size breakdown")
     p.add_argument("--out", metavar="RECORD.json", help="also write a record (+ per-image counts beside it)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that read and resize images ahead of the model (default 0: none)")
+    p.add_argument("--amp", choices=("bf16", "fp16"),
+                   help="autocast the model (GPU); off by default, stated in the record (timings.dtype)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model; stated in the record")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

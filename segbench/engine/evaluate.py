@@ -6,19 +6,26 @@ the same evaluators.
 
 Each model family's single-scale protocol follows its paper on each dataset (see
 ``paper_protocol``); ``multi_scale`` adds ratios 0.5-1.75 and horizontal flip on top of it.
+
+With ``workers > 0`` the images are read, decoded (or corrupted, or generated) and resized
+for the protocol's scales in DataLoader worker processes, ahead of the model: the same
+samples in the same order, so the same results, with reading overlapping compute.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 import torch
 
 from segbench import dist
 from segbench.data.datasets import IGNORE_INDEX, DatasetError, Sample, SegDataset, identity_lut, map_ids, read_id_map
-from segbench.engine.inference import Protocol, predict
+from segbench.engine.inference import Protocol, inference_model, precision, predict, resize_views
 from segbench.metrics.confusion import ConfusionMatrix
 from segbench.metrics.size import SizeBreakdown
 from segbench.metrics.stats import PerImageCounts, bootstrap_miou
@@ -167,24 +174,61 @@ class EvalTiming:
     images: int
     total_seconds: float
     model_seconds: float  # predict() only: forward passes, windows, scales, merging
+    workers: int = 0  # data-loading worker processes (0: read in the loop)
+    dtype: str = "float32"  # or "bfloat16 autocast" / "float16 autocast"
+    compiled: bool = False  # torch.compile
 
     def as_dict(self) -> dict:
         return {"images": self.images, "total_seconds": self.total_seconds,
                 "model_seconds": self.model_seconds,
-                "images_per_second": self.images / self.model_seconds if self.model_seconds else None}
+                "images_per_second": self.images / self.model_seconds if self.model_seconds else None,
+                "workers": self.workers, "dtype": self.dtype, "compiled": self.compiled}
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """``(sample, prepare(sample))`` by index: what a data-loading worker hands over."""
+
+    def __init__(self, dataset: SegDataset, prepare: Callable | None):
+        self.dataset, self.prepare = dataset, prepare
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        return sample, self.prepare(sample) if self.prepare else None
+
+
+def _as_is(item):
+    return item
+
+
+def _worker_init(_) -> None:
+    cv2.setNumThreads(1)  # DataLoader already sets torch to one thread per worker
+
+
+def load_samples(dataset: SegDataset, indices, workers: int = 0,
+                 prepare: Callable | None = None) -> Iterator[tuple[Sample, object]]:
+    """``(sample, prepare(sample))`` for each index, in order: read here one at a time, or
+    by ``workers`` DataLoader worker processes ahead of the consumer."""
+    items = _Prepared(dataset, prepare)
+    if workers <= 0:
+        return (items[index] for index in indices)
+    return iter(torch.utils.data.DataLoader(items, batch_size=None, sampler=list(indices), num_workers=workers,
+                                            collate_fn=_as_is, worker_init_fn=_worker_init))
 
 
 def run_evaluators(dataset: SegDataset, predict_one, evaluators: list, max_images: int | None = None,
-                   progress=None) -> int:
-    """Feed ``predict_one(sample)`` of each image to the evaluators; returns the image count.
+                   progress=None, workers: int = 0, prepare: Callable | None = None) -> int:
+    """Feed ``predict_one(sample, prepare(sample))`` of each image to the evaluators; returns
+    the image count. ``workers``, ``prepare``: see ``load_samples``.
 
     Under torch.distributed the images are split over ranks (rank r takes r, r + W, ...)
     and each evaluator is synchronised with one collective per state.
     """
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in dist.shard(count):
-        sample = dataset[index]
-        pred = predict_one(sample)
+    for sample, prepared in load_samples(dataset, dist.shard(count), workers, prepare):
+        pred = predict_one(sample, prepared)
         for evaluator in evaluators:
             evaluator.process(sample, pred)
         if progress is not None:
@@ -194,25 +238,36 @@ def run_evaluators(dataset: SegDataset, predict_one, evaluators: list, max_image
     return count
 
 
+def _resized_views(sample: Sample, protocol: Protocol) -> list[np.ndarray]:
+    return resize_views(sample.image, protocol)
+
+
 def evaluate(model, dataset: SegDataset, protocol: Protocol, evaluators: list, device="cpu",
-             max_images: int | None = None, progress=None) -> EvalTiming:
-    """Run ``model`` over ``dataset`` with ``protocol``; evaluators accumulate the metrics."""
-    model.eval()
+             max_images: int | None = None, progress=None, workers: int = 0, amp: str | None = None,
+             compile: bool = False) -> EvalTiming:
+    """Run ``model`` over ``dataset`` with ``protocol``; evaluators accumulate the metrics.
+
+    ``workers``: processes that read and resize images ahead of the model (0: none).
+    ``amp`` ("bf16" / "fp16") and ``compile`` (torch.compile) are off by default; the
+    timing says whether they were on, since reduced precision can change predictions.
+    """
+    net = inference_model(model, amp, compile)
     model_seconds = 0.0
 
-    def predict_one(sample: Sample) -> torch.Tensor:
+    def predict_one(sample: Sample, views: list[np.ndarray]) -> torch.Tensor:
         nonlocal model_seconds
         _sync(device)
         t0 = time.perf_counter()
-        pred = predict(model, sample.image, protocol, dataset.num_classes, device).argmax(0).cpu()
+        pred = predict(net, sample.image, protocol, dataset.num_classes, device, views).argmax(0).cpu()
         _sync(device)
         model_seconds += time.perf_counter() - t0
         return pred
 
     start = time.perf_counter()
-    count = run_evaluators(dataset, predict_one, evaluators, max_images, progress)
+    count = run_evaluators(dataset, predict_one, evaluators, max_images, progress, workers,
+                           partial(_resized_views, protocol=protocol))
     model_seconds = float(dist.all_reduce_sum(np.array([model_seconds]))[0]) / dist.world_size()
-    return EvalTiming(count, time.perf_counter() - start, model_seconds)
+    return EvalTiming(count, time.perf_counter() - start, model_seconds, workers, **precision(amp, compile))
 
 
 def _sync(device) -> None:
@@ -300,7 +355,7 @@ def score_predictions(dataset: SegDataset, folder: Path, evaluators: list, ids: 
             else dataset.label_ids)
     path_of = {_sample_name(dataset, i): files[i] for i in range(count)}
 
-    def load(sample: Sample) -> torch.Tensor:
+    def load(sample: Sample, _) -> torch.Tensor:
         path = path_of[sample.name]
         pred = map_ids(read_id_map(path), lut, path, what)
         if pred.shape != sample.label.shape:

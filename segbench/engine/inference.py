@@ -15,15 +15,21 @@ Conventions (those of mmsegmentation 0.x, which produced the papers' numbers):
   probabilities and averaged (mmseg ``aug_test``, Segmenter ``inference``);
 - a single view returns logits (its argmax is the prediction);
 - a view and its flip go through the model together, and windows are batched across
-  both, ``batch_size`` crops per forward pass.
+  views, flips and scales, ``batch_size`` crops of one size per forward pass.
+
+Resizing the image for each scale (``resize_views``) needs no model, so data-loading
+workers can do it (``engine.evaluate``); ``predict`` takes the views it gets.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -95,49 +101,87 @@ def predict_whole(model, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def slide_logits(model, views: Iterable[torch.Tensor], window: int, stride: int, num_classes: int,
+                 batch_size: int = 8) -> Iterator[torch.Tensor]:
+    """Logits of each view (a (B, 3, H, W) batch; views may differ in size), in order, each
+    pixel the average of the logits of the windows covering it (a count map).
+
+    Windows of consecutive views (images of a batch, flips, scales) share forward passes
+    of up to ``batch_size`` crops of one size. Views are read as they are needed and a
+    view's logits are yielded as soon as its last window is done, so only the views in
+    flight are held in memory.
+    """
+    views, pending, queue = iter(views), deque(), deque()  # open views; crops (view, image, box) to run
+    while True:
+        while len(queue) < batch_size and (x := next(views, None)) is not None:
+            height, width = x.shape[2:]
+            boxes = [(y, x0, min(y + window, height), min(x0 + window, width))
+                     for y in window_starts(height, window, stride) for x0 in window_starts(width, window, stride)]
+            count = x.new_zeros((1, 1, height, width))
+            for y0, x0, y1, x1 in boxes:
+                count[..., y0:y1, x0:x1] += 1
+            view = {"x": x, "logits": None, "count": count, "left": len(boxes) * len(x)}
+            pending.append(view)
+            queue.extend((view, i, box) for box in boxes for i in range(len(x)))
+        if not queue:
+            return
+        crop_size = lambda box: (box[2] - box[0], box[3] - box[1])  # noqa: E731
+        chunk = [queue.popleft()]
+        while queue and len(chunk) < batch_size and crop_size(queue[0][2]) == crop_size(chunk[0][2]):
+            chunk.append(queue.popleft())
+        out = predict_whole(model, torch.cat([v["x"][i:i + 1, :, y0:y1, x0:x1] for v, i, (y0, x0, y1, x1) in chunk]))
+        for (view, i, (y0, x0, y1, x1)), crop_logits in zip(chunk, out):
+            if view["logits"] is None:  # in the model's memory layout: adding crops needs no transposition
+                layout = torch.channels_last if out.is_contiguous(memory_format=torch.channels_last) \
+                    else torch.contiguous_format
+                view["logits"] = torch.empty((len(view["x"]), num_classes, *view["x"].shape[2:]), dtype=out.dtype,
+                                             device=out.device, memory_format=layout).zero_()
+            view["logits"][i, :, y0:y1, x0:x1] += crop_logits
+            view["left"] -= 1
+        while pending and pending[0]["left"] == 0:
+            view = pending.popleft()
+            yield view["logits"] / view["count"]
+
+
 def predict_slide(model, x: torch.Tensor, window: int, stride: int, num_classes: int,
                   batch_size: int = 8) -> torch.Tensor:
     """Logits of a (B, 3, H, W) batch by overlapping windows, averaged with a count map.
     Windows of all B images are batched together, ``batch_size`` per forward pass."""
-    images, _, height, width = x.shape
-    boxes = [(y, x0, min(y + window, height), min(x0 + window, width))
-             for y in window_starts(height, window, stride) for x0 in window_starts(width, window, stride)]
-    crops = [(i, box) for box in boxes for i in range(images)]
-    logits = x.new_zeros((images, num_classes, height, width))
-    count = x.new_zeros((1, 1, height, width))
-    for y0, x0, y1, x1 in boxes:
-        count[..., y0:y1, x0:x1] += 1
-    for start in range(0, len(crops), batch_size):
-        chunk = crops[start:start + batch_size]
-        out = predict_whole(model, torch.cat([x[i:i + 1, :, y0:y1, x0:x1] for i, (y0, x0, y1, x1) in chunk]))
-        for (i, (y0, x0, y1, x1)), crop_logits in zip(chunk, out):
-            logits[i, :, y0:y1, x0:x1] += crop_logits
-    return logits / count
+    return next(slide_logits(model, [x], window, stride, num_classes, batch_size))
 
 
-def predict_views(model, x: torch.Tensor, protocol: Protocol, num_classes: int) -> torch.Tensor:
-    """Logits of a (B, 3, H, W) batch of views of one size, at that size."""
-    if protocol.mode == "slide":
-        return predict_slide(model, x, protocol.window, protocol.stride, num_classes, protocol.batch_size)
-    return torch.cat([predict_whole(model, x[i:i + protocol.batch_size])
-                      for i in range(0, len(x), protocol.batch_size)])
+def resize_views(image: np.ndarray, protocol: Protocol) -> list[np.ndarray]:
+    """The uint8 image resized for each of the protocol's scales (cv2 bilinear)."""
+    height, width = image.shape[:2]
+    views = []
+    for ratio in protocol.scales:
+        view_h, view_w = view_size(height, width, protocol, ratio)
+        views.append(image if (view_h, view_w) == (height, width) else cv2.resize(
+            image, (view_w, view_h), interpolation=cv2.INTER_LINEAR))
+    return views
 
 
 @torch.inference_mode()
-def predict(model, image: np.ndarray, protocol: Protocol, num_classes: int, device="cpu") -> torch.Tensor:
+def predict(model, image: np.ndarray, protocol: Protocol, num_classes: int, device="cpu",
+            views: list[np.ndarray] | None = None) -> torch.Tensor:
     """(K, H, W) scores at the image's original size: logits for one view, else the mean
-    of the views' softmax probabilities."""
+    of the views' softmax probabilities. ``views``: ``resize_views(image, protocol)``, if
+    already made (e.g. by a data-loading worker)."""
     height, width = image.shape[:2]
     info = model.info
+
+    def batches():  # each scale's view, with its flip
+        for view in resize_views(image, protocol) if views is None else views:
+            x = normalize(view, info.mean, info.std, device)
+            yield torch.cat([x, x.flip(3)]) if protocol.flip else x
+
+    if protocol.mode == "slide":
+        per_view = slide_logits(model, batches(), protocol.window, protocol.stride, num_classes, protocol.batch_size)
+    else:
+        per_view = (torch.cat([predict_whole(model, x[i:i + protocol.batch_size])
+                               for i in range(0, len(x), protocol.batch_size)]) for x in batches())
     total = None
-    for ratio in protocol.scales:
-        view_h, view_w = view_size(height, width, protocol, ratio)
-        resized = image if (view_h, view_w) == (height, width) else cv2.resize(
-            image, (view_w, view_h), interpolation=cv2.INTER_LINEAR)
-        x = normalize(resized, info.mean, info.std, device)
-        if protocol.flip:
-            x = torch.cat([x, x.flip(3)])
-        logits = predict_views(model, x, protocol, num_classes)
+    for logits in per_view:
         if protocol.flip:
             logits = torch.cat([logits[:1], logits[1:].flip(3)])
         if logits.shape[2:] != (height, width):
@@ -147,3 +191,39 @@ def predict(model, image: np.ndarray, protocol: Protocol, num_classes: int, devi
         probs = logits.softmax(1).sum(0)
         total = probs if total is None else total + probs
     return total / (len(protocol.scales) * (2 if protocol.flip else 1))
+
+
+class Autocast(nn.Module):
+    """Runs ``model`` under mixed-precision autocast (``torch.float16`` or ``torch.bfloat16``)
+    and returns float32 logits, so everything after the forward (averaging, softmax,
+    metrics) stays in float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype, self.info = model, dtype, model.info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model(x).float()
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_model(model: nn.Module, amp: str | None = None, compile: bool = False) -> nn.Module:
+    """``model`` in eval mode as inference runs it: compiled with ``torch.compile`` if asked,
+    under autocast (``amp``: "bf16" or "fp16") if asked. Both are off by default; records
+    say which were on (``precision``), since reduced precision can change predictions."""
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got {amp!r}")
+    model = model.eval()
+    if compile:
+        info, model = model.info, torch.compile(model)
+        model.info = info
+    return Autocast(model, AMP_DTYPES[amp]) if amp else model
+
+
+def precision(amp: str | None, compile: bool) -> dict:
+    """How a run computed, as records state it."""
+    return {"dtype": {None: "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}[amp],
+            "compiled": compile}
