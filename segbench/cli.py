@@ -129,11 +129,16 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from segbench.data.datasets import build_dataset
-    from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, score_predictions, standard_evaluators
+    from dataclasses import replace
+
+    from segbench.engine.evaluate import (collect_results, device_batch_size, evaluate, paper_protocol,
+                                          score_predictions, standard_evaluators)
     from segbench.runner import eval_record, resolve_device
 
     if (args.model is None) == (args.predictions is None):
         raise UsageError("segbench eval: give a model to run, or --predictions DIR to score, not both")
+    if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) > 0):
+        raise UsageError(f"segbench eval: --batch-size takes a positive number or 'auto', got {args.batch_size!r}")
     dataset = build_dataset(args.dataset, args.split, args.root)
     evaluators = standard_evaluators(dataset, size_breakdown=not args.no_size, bootstrap=args.bootstrap)
     console = _console()
@@ -151,6 +156,9 @@ def cmd_eval(args) -> int:
             model, _ = load_model(args.model, args.checkpoint, dataset.num_classes)
             model.to(device)
             protocol = paper_protocol(model.info, dataset, multi_scale=args.protocol == "multi_scale")
+            batch_size = device_batch_size(model, protocol, device, args.amp) \
+                if args.batch_size == "auto" else int(args.batch_size)
+            protocol = replace(protocol, batch_size=batch_size)
             timing = evaluate(model, dataset, protocol, evaluators, device, args.max_images, progress=advance,
                               workers=args.workers, amp=args.amp, compile=args.compile)
             run = {"model": args.model, "checkpoint": args.checkpoint, "device": device, "protocol_name": args.protocol,
@@ -361,6 +369,75 @@ def cmd_profile(args) -> int:
     return EXIT_OK
 
 
+def _percent(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def cmd_bench(args) -> int:
+    from segbench.bench import Settings, quick_settings, run_bench
+    from segbench.results import write_json_atomic
+    from segbench.runner import resolve_device
+
+    overrides = {k: v for k, v in {"size": args.size, "rounds": args.rounds, "calls": args.calls,
+                                   "images": args.images}.items() if v is not None}
+    if any(v < 1 for v in overrides.values()):
+        raise UsageError("segbench bench: --size, --rounds, --calls and --images must be at least 1")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    common = {"device": device, "workers": args.workers, "amp": args.amp, "compile": args.compile, **overrides}
+    settings = quick_settings(**common) if args.quick else Settings(**common)
+    console = _console()
+    with console.status("bench", spinner="dots") if not args.json else contextlib.nullcontext() as status:
+        result = run_bench(settings, progress=(lambda text: status.update(f"bench: {text}")) if status else None)
+    if args.out:
+        write_json_atomic(Path(args.out), result)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    out = _stdout()
+    mm = result["matmul"]
+    precision = f"{settings.amp} autocast" if settings.amp else "float32"
+    out.print(f"{result['device_name']} ({settings.device}, {result['threads']} threads, {precision}"
+              f"{', compiled' if settings.compile else ''}); matrix multiply {mm['n']}^3 {mm['dtype']}: "
+              f"{mm['macs_per_second'] / 1e9:.1f} GMAC/s; load average "
+              f"{result['load_average']['before'][0]:.2f} -> {result['load_average']['after'][0]:.2f}", highlight=False)
+    table = Table(title=f"forward passes, same weights (median of {settings.rounds} interleaved rounds)")
+    for column in ("comparison", "reference", "ours ms", "reference ms", "speed-up [min-max]", "max |Δ logit|",
+                   "GMACs (run)", "efficiency ours (run)", "efficiency reference"):
+        table.add_column(column, justify="left" if column in ("comparison", "reference") else "right")
+    for c in result["comparisons"]:
+        ours, ref, up = c["ours"], c["reference"], c["speedup"]
+        run = f" ({ours['executed_gmacs']:.1f})" if abs(ours["executed_gmacs"] - ours["gmacs"]) > 1e-3 else ""
+        run_eff = f" ({_percent(ours['executed_efficiency'])})" if run else ""
+        table.add_row(f"{c['name']} {c['input']}", c["reference_name"], f"{ours['ms']:.1f}", f"{ref['ms']:.1f}",
+                      f"{up['median']:.2f}x [{up['min']:.2f}-{up['max']:.2f}]", f"{c['max_abs_diff']:.1e}",
+                      f"{ours['gmacs']:.1f}{run}", _percent(ours["efficiency"]) + run_eff, _percent(ref["efficiency"]))
+        if "model" in c:
+            m = c["model"]
+            table.add_row(f"  full model {m['name']}", f"decoder: {m['decoder_ms']:+.1f} ms", f"{m['ms']:.1f}", "",
+                          "", "", f"{m['gmacs']:.1f}", _percent(m["efficiency"]), "")
+    out.print(table)
+    for c in result["comparisons"]:
+        out.print(f"  {c['name']}: reference {c['reference_impl']}", highlight=False)
+    out.print("  GMACs: the architecture's (segbench.profiling); in brackets what the forward executes where a fast "
+              "path does less work. Efficiency: MACs per second over the matrix product's.", highlight=False)
+    table = Table(title=f"evaluation loop on the synthetic set ({settings.images} images, "
+                        f"median of {settings.rounds} runs, {settings.workers} workers)")
+    for column in ("model", "protocol", "images/s (loop)", "images/s (predict)", "images/s (forwards only)",
+                   "forwards / image", "predict over forwards [min-max]"):
+        table.add_column(column, justify="left" if column in ("model", "protocol") else "right")
+    for p in result["pipelines"]:
+        for name in ("single_scale", "multi_scale"):
+            r = p[name]
+            table.add_row(p["model"], name, f"{r['images_per_second']:.2f}", f"{r['predict_images_per_second']:.2f}",
+                          f"{r['forward_images_per_second']:.2f}", f"{r['forwards_per_image']:.0f}",
+                          f"+{_percent(r['overhead'])} [{_percent(r['overhead_min'])}-{_percent(r['overhead_max'])}]")
+    out.print(table)
+    return EXIT_OK
+
+
 def cmd_report(args) -> int:
     from segbench import report
 
@@ -492,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0,
                    help="processes that read and resize images ahead of the model (default 0: none)")
+    p.add_argument("--batch-size", default="auto",
+                   help="sliding-window crops per forward pass (windows of all scales and flips share passes); "
+                        "default auto: the largest that fits on a GPU (up to 32), 8 on a CPU")
     p.add_argument("--amp", choices=("bf16", "fp16"),
                    help="autocast the model (GPU); off by default, stated in the record (timings.dtype)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model; stated in the record")
@@ -564,6 +644,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RECORD.json", help="also write the profile record")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("bench", help="segbench's speed against HF transformers and timm, with the same weights, "
+                                     "and the evaluation pipeline's throughput",
+                       description="Time segbench's SegFormer-B0/B2 against HF transformers', and its Segmenter / SETR "
+                                   "ViT encoders against timm's, with the same weights (max logit difference printed "
+                                   "beside each speed-up), in interleaved rounds on this machine; each model's "
+                                   "efficiency (architecture MACs per second over a large matrix product's); and the "
+                                   "evaluation loop on the synthetic set (single scale, multi-scale + flip) next to "
+                                   "the sum of its forward passes. A benchmark, not a test: nothing passes or fails. "
+                                   "Threads: set OMP_NUM_THREADS.")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    p.add_argument("--quick", action="store_true", help="256 x 256 inputs, 3 rounds, micro models in the pipeline "
+                                                        "(about a minute on a CPU)")
+    p.add_argument("--size", type=int, help="input side of the forward comparisons (default 512)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
+    p.add_argument("--calls", type=int, help="timed forwards per contestant and round (default 1)")
+    p.add_argument("--images", type=int, help="synthetic images per pipeline run (default 4)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading workers in the pipeline runs (default 0)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast both sides (and the matrix product's dtype)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    p.add_argument("--out", metavar="BENCH.json", help="also write the results as JSON")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="render tables and plots from a results folder",
                        description="Render the records of a results folder as paper-shaped tables (the papers' "

@@ -96,6 +96,19 @@ def paper_protocol(info: ModelInfo, dataset: SegDataset, multi_scale: bool = Fal
     return protocol
 
 
+def device_batch_size(model, protocol: Protocol, device, amp: str | None = None, limit: int = 32) -> int:
+    """Crops per forward pass that fill ``device``: on a GPU the largest power of two up to
+    ``limit`` whose forward of sliding windows fits in memory (windows of all scales and
+    flips share passes, so large batches fill up); the protocol's own elsewhere (whole
+    images batch only a view with its flip, and a CPU gains nothing from larger batches)."""
+    from segbench.profiling import largest_batch
+
+    device = torch.device(device)
+    if device.type != "cuda" or protocol.mode != "slide":
+        return protocol.batch_size
+    return largest_batch(model.eval(), protocol.window, protocol.window, device, amp is not None, limit=limit)[0]
+
+
 class SegmentationEvaluator:
     """Dataset-level confusion matrix -> mIoU, mAcc, aAcc, fwIoU, per-class IoU; per-image
     counts -> per-image mIoU (mean, worst decile) and a bootstrap interval of mIoU."""

@@ -85,7 +85,7 @@ def normalize(image: np.ndarray, mean, std, device) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
     mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -120,7 +120,7 @@ def slide_logits(model, views: Iterable[torch.Tensor], window: int, stride: int,
             count = x.new_zeros((1, 1, height, width))
             for y0, x0, y1, x1 in boxes:
                 count[..., y0:y1, x0:x1] += 1
-            view = {"x": x, "logits": None, "count": count, "left": len(boxes) * len(x)}
+            view = {"x": x, "logits": None, "count": count, "windows": len(boxes), "left": len(boxes) * len(x)}
             pending.append(view)
             queue.extend((view, i, box) for box in boxes for i in range(len(x)))
         if not queue:
@@ -140,7 +140,7 @@ def slide_logits(model, views: Iterable[torch.Tensor], window: int, stride: int,
             view["left"] -= 1
         while pending and pending[0]["left"] == 0:
             view = pending.popleft()
-            yield view["logits"] / view["count"]
+            yield view["logits"] if view["windows"] == 1 else view["logits"] / view["count"]
 
 
 def predict_slide(model, x: torch.Tensor, window: int, stride: int, num_classes: int,
@@ -178,19 +178,25 @@ def predict(model, image: np.ndarray, protocol: Protocol, num_classes: int, devi
     if protocol.mode == "slide":
         per_view = slide_logits(model, batches(), protocol.window, protocol.stride, num_classes, protocol.batch_size)
     else:
-        per_view = (torch.cat([predict_whole(model, x[i:i + protocol.batch_size])
-                               for i in range(0, len(x), protocol.batch_size)]) for x in batches())
+        per_view = (whole_logits(model, x, protocol.batch_size) for x in batches())
     total = None
     for logits in per_view:
-        if protocol.flip:
-            logits = torch.cat([logits[:1], logits[1:].flip(3)])
-        if logits.shape[2:] != (height, width):
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        if not protocol.is_multiview:
-            return logits[0]
-        probs = logits.softmax(1).sum(0)
-        total = probs if total is None else total + probs
+        for k, scores in enumerate(logits):  # the view, then its flip
+            if k == 1:
+                scores = scores.flip(2)
+            if scores.shape[1:] != (height, width):
+                scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            if not protocol.is_multiview:
+                return scores
+            probs = scores.softmax(0)
+            total = probs if total is None else total.add_(probs)
     return total / (len(protocol.scales) * (2 if protocol.flip else 1))
+
+
+def whole_logits(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of a (B, 3, H, W) batch of whole views, ``batch_size`` per forward pass."""
+    chunks = [predict_whole(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 class Autocast(nn.Module):
