@@ -213,3 +213,11 @@ def test_autocast_returns_float32_logits_and_is_stated():
     assert timing.as_dict()["dtype"] == "bfloat16 autocast"
     with pytest.raises(ValueError, match="amp"):
         inference_model(model, amp="fp8")
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: about 40 s
+def test_compiled_model_computes_the_same_logits():
+    model = randomize(create_model("segformer_micro", num_classes=9))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert (inference_model(model, compile=True)(x) - model(x)).abs().max() < TOLERANCE
