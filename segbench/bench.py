@@ -140,13 +140,9 @@ def _cost(ms: float, macs: int, executed: int, rate: float) -> dict:
             "efficiency": per_second / rate, "executed_efficiency": executed / (ms / 1e3) / rate}
 
 
-def randomized_hf_segformer(size: str, num_classes: int):
-    """HF's SegFormer with every weight and norm statistic random and logits of order one."""
-    import transformers
-
-    torch.manual_seed(0)
-    model = transformers.SegformerForSemanticSegmentation(
-        transformers.SegformerConfig(num_labels=num_classes, **HF_SEGFORMER[size])).eval()
+def randomize_statistics(model: nn.Module) -> nn.Module:
+    """Random biases, norm scales and batch-norm statistics in place (a fresh model has
+    zeros and ones there), so that a comparison exercises every term; eval mode."""
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
             if not tensor.is_floating_point():
@@ -157,6 +153,17 @@ def randomized_hf_segformer(size: str, num_classes: int):
                 tensor.normal_(0.0, 0.2)
             elif tensor.ndim == 1:
                 tensor.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def randomized_hf_segformer(size: str, num_classes: int):
+    """HF's SegFormer with every weight and norm statistic random and logits of order one."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = randomize_statistics(transformers.SegformerForSemanticSegmentation(
+        transformers.SegformerConfig(num_labels=num_classes, **HF_SEGFORMER[size])))
+    with torch.no_grad():
         model.decode_head.classifier.weight.mul_(10)
     return model
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from segbench.bench import randomize_statistics
 from segbench.data.datasets import Synthetic
 from segbench.engine.evaluate import evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol, inference_model, predict
@@ -28,23 +29,15 @@ TOLERANCE = 1e-4  # max abs logit difference allowed between a fast path and its
 
 
 def randomize(model: nn.Module) -> nn.Module:
-    """Random biases, norm scales and batch-norm statistics (a fresh model has zeros and
-    ones there), so that every term of the fused algebra matters, and a classifier scaled
-    up to logits of order one; eval mode."""
+    """Random norm statistics and biases (every term of the fused algebra matters) and a
+    classifier scaled up to logits of order one; eval mode."""
     torch.manual_seed(0)
+    randomize_statistics(model)
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            if "running_var" in name:
-                tensor.uniform_(0.5, 2.0)
-            elif name.endswith("bias") or "running_mean" in name:
-                tensor.normal_(0.0, 0.2)
-            elif tensor.ndim == 1:
-                tensor.uniform_(0.5, 1.5)
+        for name, tensor in model.named_parameters():
             if "linear_pred.weight" in name:
                 tensor.mul_(10)
-    return model.eval()
+    return model
 
 
 def fast_and_reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
