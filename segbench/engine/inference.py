@@ -112,6 +112,11 @@ def slide_logits(model, views: Iterable[torch.Tensor], window: int, stride: int,
     flight are held in memory.
     """
     views, pending, queue = iter(views), deque(), deque()  # open views; crops (view, image, box) to run
+
+    def crop_size(crop) -> tuple[int, int]:
+        y0, x0, y1, x1 = crop[2]
+        return y1 - y0, x1 - x0
+
     while True:
         while len(queue) < batch_size and (x := next(views, None)) is not None:
             height, width = x.shape[2:]
@@ -125,9 +130,8 @@ def slide_logits(model, views: Iterable[torch.Tensor], window: int, stride: int,
             queue.extend((view, i, box) for box in boxes for i in range(len(x)))
         if not queue:
             return
-        crop_size = lambda box: (box[2] - box[0], box[3] - box[1])  # noqa: E731
         chunk = [queue.popleft()]
-        while queue and len(chunk) < batch_size and crop_size(queue[0][2]) == crop_size(chunk[0][2]):
+        while queue and len(chunk) < batch_size and crop_size(queue[0]) == crop_size(chunk[0]):
             chunk.append(queue.popleft())
         out = predict_whole(model, torch.cat([v["x"][i:i + 1, :, y0:y1, x0:x1] for v, i, (y0, x0, y1, x1) in chunk]))
         for (view, i, (y0, x0, y1, x1)), crop_logits in zip(chunk, out):
