@@ -4,6 +4,7 @@ memory, the `segbench profile` command and the suite's `profile` block.
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import pytest
@@ -152,8 +153,10 @@ def test_max_batch_stops_at_out_of_memory_or_low_free_memory(monkeypatch):
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset")
 def test_cpu_peak_memory_is_the_blocks_own_peak():
     with peak_memory(torch.device("cpu")) as big:
-        x = torch.ones(64 * MB // 4)  # 64 MB, pages touched
-        del x
+        # an anonymous mapping is always fresh pages, whatever allocators earlier tests left warm
+        block = mmap.mmap(-1, 64 * MB)
+        block.write(b"\1" * (64 * MB))
+        block.close()
     with peak_memory(torch.device("cpu")) as small:
         pass
     assert big["kind"] == "process_peak_rss" and big["increase_mb"] > 60
