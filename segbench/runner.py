@@ -248,14 +248,17 @@ class Runner:
     def run(self, job: Job) -> dict:
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
                           config=job.config, **job.meta, started=now())
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = {"train": self.run_train, "eval": self.run_eval, "corruption": self.run_corruption}[job.kind](job)
             record = {**base, **result, "status": "ok"}
         except Exception as exc:  # a failed job becomes an error record; the suite goes on
             record = {**base, "status": "error",
                       "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}}
-        record.update(finished=now(), wall_seconds=time.perf_counter() - start, env=environment(self.device))
+        # cpu_seconds: this process's CPU time (all its threads): on a shared machine, closer than
+        # wall_seconds to what the job takes on an idle one
+        record.update(finished=now(), wall_seconds=time.perf_counter() - start,
+                      cpu_seconds=time.process_time() - cpu_start, env=environment(self.device))
         return record
 
     def _task(self, description: str, total: int):

@@ -279,8 +279,11 @@ def iteration_seed(seed: int, iteration: int, rank: int) -> int:
 
 def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path, device="cpu",
           options: LoopOptions = LoopOptions(), eval_dataset: SegDataset | None = None, progress=None) -> TrainSummary:
-    """Train ``model`` (built by :func:`build_model`) on ``dataset`` with ``recipe``; files go to ``out``."""
+    """Train ``model`` (built by :func:`build_model`) on ``dataset`` with ``recipe``; files go to ``out``.
+    ``progress(iteration, loss)`` is called after each iteration (on the main process)."""
     out, device = Path(out), torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: the one init_from_env chose
     world, rank = dist.world_size(), dist.rank()
     micro, rest = divmod(recipe.batch_size, world * options.accumulate)
     if rest or not micro:
@@ -305,10 +308,8 @@ def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path
                              f"{recipe.aux_weight}); segbench's {model.info.name} has none: main loss only")
     optimizer = build_optimizer(model, recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
-    start = 0
     if options.resume and (out / STATE_FILE).is_file():
-        start = _restore(out / STATE_FILE, model, optimizer, scaler, recipe, options)
-    summary.resumed_from = start
+        summary.resumed_from = _restore(out / STATE_FILE, model, optimizer, scaler, recipe, options)
     net = model
     if dist.is_distributed():  # unused auxiliary heads (aux_weight 0) must not stall the gradient all-reduce
         net = nn.parallel.DistributedDataParallel(
@@ -319,46 +320,19 @@ def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path
                                micro_batches=options.accumulate, micro_batch_size=micro,
                                ratio_range=recipe.ratio_range, cat_max_ratio=recipe.cat_max_ratio,
                                photometric=recipe.photometric)
-    autocast = (lambda: torch.autocast(device.type, dtype=AMP_DTYPES[options.amp])) if options.amp else nullcontext
-    log = _Log(out / LOG_FILE, start) if dist.is_main() else None
-    session_start = time.perf_counter()
-    waited = time.perf_counter()
-    data = loader(batches, start, recipe.iters, options.workers, pin_memory=device.type == "cuda")
-    for iteration, (images, labels) in zip(range(start, recipe.iters), data):
+    data = loader(batches, summary.resumed_from, recipe.iters, options.workers, pin_memory=device.type == "cuda")
+    log = _Log(out / LOG_FILE, summary.resumed_from) if dist.is_main() else None
+    session_start = waited = time.perf_counter()
+    for iteration, (images, labels) in zip(range(summary.resumed_from, recipe.iters), data):
         step_start = time.perf_counter()
-        data_wait = step_start - waited
-        summary.data_seconds += data_wait
+        summary.data_seconds += step_start - waited
         torch.manual_seed(iteration_seed(options.seed, iteration, rank))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(recipe, recipe.lr * group["lr_mult"], iteration)
-        if recipe.loss_average == "valid":
-            normaliser = float(dist.all_reduce_sum(np.array([(labels != IGNORE_INDEX).sum().item()]))[0])
-        else:
-            normaliser = float(recipe.batch_size * labels.shape[-2] * labels.shape[-1])
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=device)
-        for k in range(options.accumulate):
-            x, y = images[k].to(device, non_blocking=True), labels[k].to(device, non_blocking=True)
-            last = k == options.accumulate - 1
-            with net.no_sync() if world > 1 and not last else nullcontext():
-                with autocast():
-                    if aux:
-                        logits, aux_logits = net(x, with_aux=True)
-                        loss = pixel_loss_sum(logits, y) + recipe.aux_weight * sum(pixel_loss_sum(a, y) for a in aux_logits)
-                    else:
-                        loss = pixel_loss_sum(net(x), y)
-                loss = loss / max(normaliser, 1.0)
-                scaler.scale(loss * world).backward()  # DDP averages gradients over ranks: undo it
-            loss_sum += loss.detach()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_value = float(dist.all_reduce_sum(loss_sum.cpu().numpy().reshape(1))[0])
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at iteration {iteration + 1}: training diverged")
+        loss = train_step(net, optimizer, scaler, images.to(device), labels.to(device), recipe, iteration,
+                          aux, options.amp)
         done = iteration + 1
         if log:
-            log.write({"iter": done, "loss": loss_value, "lr": learning_rate(recipe, recipe.lr, iteration),
-                       "seconds": time.perf_counter() - step_start, "data_seconds": data_wait})
+            log.write({"iter": done, "loss": loss, "lr": learning_rate(recipe, recipe.lr, iteration),
+                       "seconds": time.perf_counter() - step_start, "data_seconds": step_start - waited})
         if options.eval_every and eval_dataset is not None and (done % options.eval_every == 0 or done == recipe.iters):
             summary.evaluation = _evaluate(model, eval_dataset, device, options.eval_max_images)
             if log:
@@ -368,7 +342,7 @@ def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path
                 save_checkpoint(out / STATE_FILE, model, **_state(optimizer, scaler, done, recipe, options))
             dist.barrier()
         if progress is not None and dist.is_main():
-            progress(done, loss_value)
+            progress(done, loss)
         waited = time.perf_counter()
     if log:
         log.close()
@@ -378,6 +352,43 @@ def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path
     dist.barrier()
     summary.seconds = time.perf_counter() - session_start
     return summary
+
+
+def train_step(net: nn.Module, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe,
+               iteration: int, aux: bool, amp: str | None = None) -> float:
+    """One iteration on this process's share of the global batch, ``(micro_batches, micro_batch_size, ...)``:
+    forward / backward per micro-batch, one optimiser step. Returns the global batch's loss.
+
+    Each micro-batch's summed pixel losses are divided by the global batch's pixel count
+    (all pixels, or the labelled ones: one all-reduce), so gradients and loss equal the
+    one-process, one-step ones whatever the split."""
+    world = dist.world_size()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(recipe, recipe.lr * group["lr_mult"], iteration)
+    if recipe.loss_average == "valid":
+        normaliser = float(dist.all_reduce_sum(np.array([(labels != IGNORE_INDEX).sum().item()]))[0])
+    else:
+        normaliser = float(recipe.batch_size * labels.shape[-2] * labels.shape[-1])
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=images.device)
+    for k, (x, y) in enumerate(zip(images, labels)):
+        last = k == len(images) - 1
+        with net.no_sync() if world > 1 and not last else nullcontext():  # all-reduce gradients once, at the end
+            with torch.autocast(images.device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext():
+                if aux:
+                    logits, aux_logits = net(x, with_aux=True)
+                    loss = pixel_loss_sum(logits, y) + recipe.aux_weight * sum(pixel_loss_sum(a, y) for a in aux_logits)
+                else:
+                    loss = pixel_loss_sum(net(x), y)
+            loss = loss / max(normaliser, 1.0)
+            scaler.scale(loss * world).backward()  # DDP averages gradients over processes: undo the division
+        total += loss.detach()
+    scaler.step(optimizer)
+    scaler.update()
+    value = float(dist.all_reduce_sum(total.cpu().numpy().reshape(1))[0])
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} at iteration {iteration + 1}: training diverged")
+    return value
 
 
 def _state(optimizer, scaler, iteration: int, recipe: Recipe, options: LoopOptions) -> dict:
@@ -390,12 +401,8 @@ def _state(optimizer, scaler, iteration: int, recipe: Recipe, options: LoopOptio
 
 
 def _check_same_run(payload: dict, path: Path, recipe: Recipe, options: LoopOptions) -> None:
-    theirs = {"recipe": payload.get("recipe"), "seed": payload.get("seed"), "accumulate": payload.get("accumulate"),
-              "amp": payload.get("amp")}
-    ours = {"recipe": json.loads(json.dumps(asdict(recipe))), "seed": options.seed,
-            "accumulate": options.accumulate, "amp": options.amp}
-    theirs["recipe"] = json.loads(json.dumps(theirs["recipe"]))
-    changed = [k for k in ours if theirs[k] != ours[k]]
+    ours = {"recipe": asdict(recipe), "seed": options.seed, "accumulate": options.accumulate, "amp": options.amp}
+    changed = [k for k in ours if payload.get(k) != ours[k]]
     if changed:
         raise ValueError(f"{path} belongs to a run with another {' and '.join(changed)}; continuing it would "
                          "mix two trainings. Use another output folder, or delete this one to start over.")
