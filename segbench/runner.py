@@ -27,7 +27,6 @@ from segbench.engine.inference import Protocol
 from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, read_log, recipe_from_dict,
                                    suite_recipe, train)
 from segbench.metrics.stats import save_per_image
-from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
 from segbench.robustness.corruptions import corruption_grid, grid_cells

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import socket
 from dataclasses import replace
 
 import numpy as np
@@ -17,6 +16,7 @@ from segbench.data.datasets import Synthetic
 from segbench.data.loader import IterationBatches
 from segbench.engine.train import LoopOptions, build_model, read_log, resolve_recipe, train
 from segbench.models.checkpoints import load_model, read_file
+from test_distributed_eval import _free_port
 
 TINY = dict(iters=6, batch_size=4, crop_size=32)
 
@@ -114,12 +114,6 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         torch_dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     with open(tmp_path / "ddp" / "result.pkl", "rb") as f:
@@ -145,3 +139,15 @@ def test_bf16_autocast_runs_on_cpu_and_logs_every_iteration(tmp_path):
 def test_batch_that_does_not_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match="does not split"):
         run("segmenter_micro_p32_linear", tiny_recipe("scratch", batch_size=3), tmp_path, accumulate=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_mixed_precision_on_gpu(tmp_path, amp):
+    recipe = tiny_recipe("setr_ade20k", iters=3)  # batch norms, auxiliary heads, SGD
+    model = build_model("setr_micro_p16_naive", 9, recipe)
+    summary = train(model, tiny_data(), recipe, tmp_path, "cuda", LoopOptions(amp=amp, workers=1))
+    losses = read_log(summary.log)[0]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert read_file(summary.checkpoint)["amp"] == amp
