@@ -7,6 +7,7 @@ then prints exactly one JSON document on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -67,6 +68,8 @@ def _summary_table(records: list[dict]) -> Table:
         miou = metrics.get("mIoU")
         macc = metrics.get("mAcc")
         kind = f"{r['kind']} {r['corruption']}-{r['severity']}" if r["kind"] == "corruption" else r["kind"]
+        if r["kind"] == "profile":
+            kind = f"profile {r['config']['profile']['height']}x{r['config']['profile']['width']} {r['config']['device']}"
         table.add_row(r["job_id"][:8], kind, r["model"], r.get("dataset", ""), r.get("protocol_name", ""),
                       f"{miou:.2f}" if isinstance(miou, float) else "", f"{macc:.2f}" if isinstance(macc, float) else "",
                       status)
@@ -316,6 +319,78 @@ def cmd_corrupt(args) -> int:
     return EXIT_OK
 
 
+def _millions(n) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} M"
+
+
+def _giga(n) -> str:
+    return "—" if n is None else f"{n / 1e9:.2f} G"
+
+
+def cmd_profile(args) -> int:
+    from segbench.data.datasets import DATASETS
+    from segbench.profiling import parse_batch_size, parse_size, profile_model
+    from segbench.results import environment, new_record, now, write_json_atomic
+    from segbench.runner import profile_job, resolve_device
+
+    try:
+        size = parse_size(args.size)
+        batch_size = parse_batch_size(args.batch_size)
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {args.dataset!r}; choose from {', '.join(sorted(DATASETS))}")
+    num_classes = args.num_classes or len(DATASETS[args.dataset].classes)
+    settings = {"batch_size": batch_size, "warmup": args.warmup, "runs": args.runs, "pipeline": not args.no_pipeline,
+                "fvcore": not args.no_fvcore, "amp": args.amp, "channels_last": args.channels_last}
+    job = profile_job(args.model, args.model, num_classes, args.dataset, device, size, settings)
+    with _console().status(f"profiling {args.model} at {size[0]}x{size[1]}", spinner="dots") if not args.json \
+            else contextlib.nullcontext():
+        result = profile_model(args.model, num_classes, *size, device=device, dataset=args.dataset, **settings)
+    record = new_record(job.id, "", "profile", model=args.model, arch=args.model, config=job.config,
+                        dataset=args.dataset, **result, status="ok", finished=now(), env=environment(device))
+    if args.out:
+        write_json_atomic(Path(args.out), record)
+    if args.json:
+        _print_json(record)
+        return EXIT_OK
+    m, prof = record["metrics"], record["profile"]
+    table = Table(title=f"{args.model}: {size[0]}x{size[1]} input, {num_classes} classes")
+    for column in ("quantity", "value", "counted / measured by"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    table.add_row("parameters", _millions(m["params"]), f"encoder {_millions(m['params_encoder'])}, decoder "
+                  f"{_millions(m['params_decoder'])}, auxiliary heads {_millions(m['params_aux'])}")
+    table.add_row("MACs", _giga(m["macs"]), "FlopCounterMode / 2 (attention included), per image")
+    skipped = ", ".join(f"{op} x{n}" for op, n in (prof["fvcore_skipped_ops"] or {}).items()) or "none"
+    table.add_row("MACs (fvcore)", _giga(m["macs_fvcore"]),
+                  f"fvcore, skipped: {skipped}" if m["macs_fvcore"] is not None else prof["counters"]["macs_fvcore"])
+    latency = prof["latency"]
+    if latency:
+        where = f"{latency['device']} ({latency['device_name']}, {latency['threads']} threads)"
+        table.add_row("latency", f"{m['latency_ms']:.2f} ms", f"median of {latency['runs']}, 10-90 %: "
+                      f"{m['latency_ms_p10']:.2f}-{m['latency_ms_p90']:.2f} ms; batch {latency['batch_size']} on {where}")
+        table.add_row("throughput (model)", f"{m['images_per_second']:.1f} im/s", f"forward only, on {latency['device']}")
+        if m["pipeline_images_per_second"] is not None:
+            table.add_row("throughput (pipeline)", f"{m['pipeline_images_per_second']:.1f} im/s",
+                          prof["pipeline"]["protocol"]["source"])
+        table.add_row("peak memory", f"{m['peak_memory_mb']:.0f} MB", prof["memory"]["kind"])
+    else:
+        table.add_row("latency", "—", "not measured (--runs 0)")
+    out = _stdout()
+    out.print(table)
+    if args.breakdown:
+        rows = Table(title="per module (MACs counted by FlopCounterMode)")
+        for column in ("module", "params", "MACs", "share"):
+            rows.add_column(column, justify="left" if column == "module" else "right")
+        for row in prof["by_module"]:
+            indent = "  " * row["name"].count(".")
+            rows.add_row(indent + row["name"], _millions(row["params"]), _giga(row["macs"]),
+                         f"{100 * row['macs'] / m['macs']:.1f} %" if m["macs"] else "—")
+        out.print(rows)
+    return EXIT_OK
+
+
 def cmd_report(args) -> int:
     from segbench import report
 
@@ -433,6 +508,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="only the first N images of the split")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_corrupt)
+
+    p = sub.add_parser("profile", help="parameters, MACs (attention included), latency, throughput and memory of a model",
+                       description="Count parameters and multiply-accumulates (FlopCounterMode, attention included; "
+                                   "fvcore's figure beside it with the operators it skips) and time the model's "
+                                   "forward and its full test-time protocol. MACs are counted on the meta device "
+                                   "(no memory, no compute); --runs 0 --no-fvcore never builds the real model.")
+    p.add_argument("model", help="registry name (`segbench models`)")
+    p.add_argument("--size", default="512x512", help="input HEIGHTxWIDTH (default 512x512)")
+    p.add_argument("--dataset", default="ade20k", help="class count and test protocol of the pipeline timing "
+                                                       "(default ade20k: 150 classes)")
+    p.add_argument("--num-classes", type=int, help="override the dataset's class count")
+    p.add_argument("--batch-size", default="1", help="images per timed forward, or 'max': the largest power of two "
+                                                     "that fits in memory (Segmenter's images/s protocol)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--warmup", type=int, default=5, help="untimed forwards before timing")
+    p.add_argument("--runs", type=int, default=20, help="timed forwards (0: parameters and MACs only)")
+    p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on CPU)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--no-fvcore", action="store_true", help="skip fvcore's count (it needs a real forward)")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the full test-protocol timing")
+    p.add_argument("--breakdown", action="store_true", help="also print MACs and parameters per module")
+    p.add_argument("--out", metavar="RECORD.json", help="also write the profile record")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("report", help="render tables and plots from a results folder")
     p.add_argument("results")

@@ -28,15 +28,16 @@ from segbench.engine.train import (LoopOptions, build_model, initialise_encoder,
                                    suite_recipe, train)
 from segbench.metrics.stats import save_per_image
 from segbench.models.checkpoints import load_model
+from segbench.profiling import parse_size, profile_model
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
 from segbench.robustness.corruptions import corruption_grid, grid_cells
 from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
-from segbench.suite import EvalSpec, Suite
+from segbench.suite import EvalSpec, Suite, locate, missing_files
 
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "train" | "eval" | "corruption"
+    kind: str  # "train" | "eval" | "corruption" | "profile"
     model: str  # the suite's model key
     config: dict = field(hash=False)  # everything that determines the result
     needs: str | None = None  # id of the training job whose checkpoint this job uses
@@ -90,7 +91,26 @@ def plan(suite: Suite) -> list[Job]:
                 cell = {"corruption": corruption, "severity": severity}
                 jobs.append(Job("corruption", key, {**base, "cell": cell}, needs=train_ids.get(key),
                                 meta={**cell, "sweep": sweep}))
+    device = resolve_device(suite.device) if suite.profile else None
+    for spec in suite.profile:
+        # Costs need no trained weights: profile jobs build the architecture and never wait for training.
+        settings = {k: v for k, v in asdict(spec).items() if k not in ("dataset", "sizes", "models")}
+        for key in spec.models or tuple(suite.models):
+            model = suite.models[key]
+            num_classes = model.num_classes or num_classes_of(suite, spec.dataset)
+            for size in spec.sizes:
+                jobs.append(profile_job(key, model.arch, num_classes, suite.datasets[spec.dataset].kind, device,
+                                        parse_size(size), settings))
     return jobs
+
+
+def profile_job(model: str, arch: str, num_classes: int, dataset_kind: str, device: str, size: tuple[int, int],
+                settings: dict) -> Job:
+    """The job of one profile record: a model at one input size on one device (CPU and GPU
+    records never share an id), with the timing settings of ``profiling.profile_model``."""
+    height, width = size
+    return Job("profile", model, {"arch": arch, "num_classes": num_classes, "dataset": dataset_kind, "device": device,
+                                  "profile": {"height": height, "width": width, **settings}})
 
 
 def _model_config(suite: Suite, key: str, dataset: str, train_ids: dict[str, str]) -> dict:
@@ -109,20 +129,24 @@ def shard_jobs(suite: Suite, jobs: list[Job], index: int, count: int) -> list[Jo
 
 
 def check_inputs(suite: Suite, jobs: list[Job]) -> list[str]:
-    """Problems with the suite's datasets, found before any job runs."""
+    """Every missing or malformed input of these jobs (checkpoint files, dataset folders),
+    found before any job runs, each message located in the suite file."""
     problems, seen = [], set()
     for job in jobs:
+        if job.kind == "profile":
+            continue  # a synthetic input: no dataset files needed
         config = job.config
         split = config["train"]["split"] if job.kind == "train" else config["eval"]["split"]
         spec = config["dataset"]
-        if (spec["kind"], spec["root"], split) in seen:
+        key = next(k for k, d in suite.datasets.items() if asdict(d) == spec)
+        if (key, split) in seen:
             continue
-        seen.add((spec["kind"], spec["root"], split))
+        seen.add((key, split))
         try:
             build_dataset(spec["kind"], split, spec["root"], **spec["options"])
         except (DatasetError, TypeError) as exc:
-            problems.append(f"{suite.path}: dataset {spec['kind']} ({split}): {exc}")
-    return problems
+            problems.append(locate(suite, f"datasets.{key}.root", f"{spec['kind']} ({split}): {exc}"))
+    return problems + missing_files(suite)
 
 
 def resolve_device(name: str) -> str:
@@ -244,12 +268,22 @@ class Runner:
                 "protocol": asdict(protocol), "metrics": collect_results(evaluators),
                 "per_image_file": per_image_file, "timings": timing.as_dict()}, dataset
 
+    def run_profile(self, job: Job) -> dict:
+        config, settings = job.config, dict(job.config["profile"])
+        height, width = settings.pop("height"), settings.pop("width")
+        task = self._task(f"profile {job.model} {height}x{width}", 1)
+        result = profile_model(config["arch"], config["num_classes"], height, width, device=self.device,
+                               dataset=config["dataset"], **settings)
+        self._advance(task)
+        return {**result, "dataset": config["dataset"]}
+
     def run(self, job: Job) -> dict:
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
                           config=job.config, **job.meta, started=now())
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
-            result = {"train": self.run_train, "eval": self.run_eval, "corruption": self.run_corruption}[job.kind](job)
+            result = {"train": self.run_train, "eval": self.run_eval, "corruption": self.run_corruption,
+                      "profile": self.run_profile}[job.kind](job)
             record = {**base, **result, "status": "ok"}
         except Exception as exc:  # a failed job becomes an error record; the suite goes on
             record = {**base, "status": "error",

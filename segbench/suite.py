@@ -91,18 +91,37 @@ class CorruptionSpec(EvalSpec):
 
 
 @dataclass(frozen=True)
+class ProfileSpec:
+    """The cost of each model at each input size: parameters, multiply-accumulates, latency,
+    throughput and peak memory (segbench.profiling), on the suite's device."""
+
+    dataset: str  # a key of `datasets`: the class count, and the test protocol of the pipeline throughput
+    sizes: tuple[str, ...] = ("512x512",)  # input HEIGHTxWIDTH; one record per model x size
+    models: tuple[str, ...] = ()  # keys of `models`; empty: every model
+    batch_size: Any = 1  # images per timed forward, or "max": the largest that fits in memory (Segmenter's im/s)
+    warmup: int = 5  # untimed forwards first
+    runs: int = 20  # timed forwards (median, 10-90 % spread); 0: parameters and MACs only (no forward at all)
+    pipeline: bool = True  # also time the full test protocol (resize, windows, upsampling, argmax) per image
+    fvcore: bool = True  # also count MACs with fvcore (a real forward at batch 1) beside FlopCounterMode
+    amp: bool = False  # autocast: float16 on CUDA, bfloat16 on CPU
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     datasets: dict[str, DatasetSpec]
     models: dict[str, ModelSpec]
     evaluate: tuple[EvalSpec, ...] = ()
     corruption: tuple[CorruptionSpec, ...] = ()
+    profile: tuple[ProfileSpec, ...] = ()
     description: str = ""
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     results: str | None = None  # default: results/<name>
     report: str | None = None  # render a report here after the run
     path: str = ""  # the file it was read from (set by the loader)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # field -> line (loader)
 
     @property
     def results_dir(self) -> Path:
@@ -201,7 +220,7 @@ def _build(cls, data: Any, path: str, where: _Where):
     if not isinstance(data, dict):
         raise where.error(path, f"expected a mapping of {cls.__name__} fields, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "lines")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         child = f"{path}.{unknown[0]}" if path else unknown[0]
@@ -227,8 +246,6 @@ def _check_references(suite: Suite, where: _Where) -> None:
     for name, spec in suite.models.items():
         if not is_model(spec.arch):
             raise where.error(f"models.{name}.arch", f"unknown model {spec.arch!r}; `segbench models` lists them")
-        if spec.checkpoint and not Path(spec.checkpoint).is_file():
-            raise where.error(f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
         if spec.train:
             _check_train(suite, name, spec, where)
     for i, spec in enumerate(suite.evaluate):
@@ -236,6 +253,8 @@ def _check_references(suite: Suite, where: _Where) -> None:
     for i, spec in enumerate(suite.corruption):
         _check_eval(suite, spec, f"corruption[{i}]", where)
         _check_corruption(suite, spec, f"corruption[{i}]", where)
+    for i, spec in enumerate(suite.profile):
+        _check_profile(suite, spec, f"profile[{i}]", where)
 
 
 def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> None:
@@ -250,8 +269,6 @@ def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> Non
             raise where.error(f"{path}.{field_name}", f"must be positive, got {value}")
     if train.amp not in (None, "bf16", "fp16"):
         raise where.error(f"{path}.amp", f"mixed precision is bf16 or fp16, got {train.amp!r}")
-    if train.encoder_init and not Path(train.encoder_init).is_file():
-        raise where.error(f"{path}.encoder_init", f"file not found: {train.encoder_init}")
     try:
         suite_recipe(spec, suite.datasets[train.dataset].kind)
     except ValueError as exc:
@@ -282,10 +299,28 @@ def _check_corruption(suite: Suite, spec: CorruptionSpec, path: str, where: _Whe
             raise where.error(f"{path}.{field_name}", str(exc)) from None
     if spec.reference is not None and spec.reference not in (spec.models or suite.models):
         raise where.error(f"{path}.reference", f"{spec.reference!r} is not one of the models this sweep evaluates")
-    if spec.root is not None and not (Path(spec.root) / "manifest.json").is_file():
-        raise where.error(f"{path}.root", f"{spec.root} has no manifest.json; write the corrupted images there "
-                                          f"first with `segbench corrupt {suite.datasets[spec.dataset].kind} "
-                                          f"--out {spec.root} ...`, or drop `root` to corrupt on the fly")
+
+
+def _check_profile(suite: Suite, spec: ProfileSpec, path: str, where: _Where) -> None:
+    from segbench.profiling import parse_batch_size, parse_size
+
+    if spec.dataset not in suite.datasets:
+        raise where.error(f"{path}.dataset", f"no dataset named {spec.dataset!r} in `datasets`")
+    for model in spec.models:
+        if model not in suite.models:
+            raise where.error(f"{path}.models", f"no model named {model!r} in `models`")
+    for i, size in enumerate(spec.sizes):
+        try:
+            parse_size(size)
+        except ValueError as exc:
+            raise where.error(f"{path}.sizes[{i}]", str(exc)) from None
+    try:
+        parse_batch_size(spec.batch_size)
+    except ValueError as exc:
+        raise where.error(f"{path}.batch_size", str(exc)) from None
+    for name in ("warmup", "runs"):
+        if getattr(spec, name) < 0:
+            raise where.error(f"{path}.{name}", f"expected 0 or more, got {getattr(spec, name)}")
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
@@ -305,6 +340,28 @@ def load_suite(path: str | os.PathLike) -> Suite:
     data = _to_python(root, "", lines)
     where = _Where(str(path), lines)
     suite = _build(Suite, data, "", where)
-    suite = dataclasses.replace(suite, path=str(path))
+    suite = dataclasses.replace(suite, path=str(path), lines=lines)
     _check_references(suite, where)
     return suite
+
+
+def locate(suite: Suite, field_path: str, message: str) -> str:
+    """``message`` prefixed with the suite file, line and field it is about."""
+    return str(_Where(suite.path, suite.lines).error(field_path, message))
+
+
+def missing_files(suite: Suite) -> list[str]:
+    """Located messages for every file the suite names that does not exist. Checked apart
+    from the schema so that `segbench run` can list all missing inputs at once."""
+    problems = [locate(suite, f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
+                for name, spec in suite.models.items() if spec.checkpoint and not Path(spec.checkpoint).is_file()]
+    problems += [locate(suite, f"models.{name}.train.encoder_init", f"file not found: {spec.train.encoder_init}")
+                 for name, spec in suite.models.items()
+                 if spec.train and spec.train.encoder_init and not Path(spec.train.encoder_init).is_file()]
+    for i, spec in enumerate(suite.corruption):
+        if spec.root is not None and not (Path(spec.root) / "manifest.json").is_file():
+            problems.append(locate(suite, f"corruption[{i}].root", (
+                f"{spec.root} has no manifest.json; write the corrupted images there first with "
+                f"`segbench corrupt {suite.datasets[spec.dataset].kind} --out {spec.root} ...`, "
+                "or drop `root` to corrupt on the fly")))
+    return problems

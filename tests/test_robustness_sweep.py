@@ -165,9 +165,16 @@ def test_a_cache_of_other_images_fails_the_cell_with_a_clear_message(tmp_path):
                                                                     "unknown corruption 'zoom_blur'"),
     ({"[1, 3]": "[4]"}, r"corruption\[0\].severities: gaussian_noise is evaluated at severities 1-3 only"),
     ({"reference: b": "reference: c"}, r"corruption\[0\].reference: 'c' is not one of the models"),
-    ({"reference: b": "reference: b\n    root: /nonexistent"}, r"corruption\[0\].root: /nonexistent has no manifest"),
     ({"max_images: 2": "max_images: 2\n    flips: true"}, r"corruption\[0\].flips: unknown key 'flips'"),
 ])
 def test_suite_errors_name_the_field(tmp_path, replace, message):
     with pytest.raises(SuiteError, match=message):
         load_suite(write_suite(tmp_path, **replace))
+
+
+def test_a_missing_cache_is_listed_with_the_other_missing_inputs(tmp_path):
+    from segbench.suite import missing_files
+
+    suite = load_suite(write_suite(tmp_path, **{"reference: b": "reference: b\n    root: /nonexistent"}))
+    (problem,) = missing_files(suite)
+    assert "corruption[0].root: /nonexistent has no manifest.json" in problem

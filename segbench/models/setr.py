@@ -169,10 +169,14 @@ class UpHead(nn.Module):
 class MLAHead(nn.Module):
     """SETR-MLA's head (``VIT_MLAHead``): per stream 2 x (3x3 conv + BN + ReLU) and x4
     upsampling (align_corners=True, as the official code), concatenation, a 3x3 classifier,
-    bilinear resize to the output size. Streams of a pyramid are upsampled to 4x the first."""
+    bilinear resize to the output size. Streams of a pyramid are upsampled to ``upsample``
+    times the first stream's size: 4 for SETR's 1/16 maps (the classifier runs at 1/4), 1 for
+    a pyramid whose first map is already at 1/4 (MiT + MLA, SegFormer Table 3)."""
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 128, num_streams: int = 4):
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 128, num_streams: int = 4,
+                 upsample: int = 4):
         super().__init__()
+        self.upsample = upsample
         self.mlahead = nn.ModuleDict({
             f"head{level}": nn.Sequential(*conv_bn_relu(in_channels, channels, 3), *conv_bn_relu(channels, channels, 3))
             for level in range(2, 2 + num_streams)
@@ -180,7 +184,7 @@ class MLAHead(nn.Module):
         self.cls = nn.Conv2d(num_streams * channels, num_classes, 3, padding=1)
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        target = (features[0].shape[2] * 4, features[0].shape[3] * 4)
+        target = (features[0].shape[2] * self.upsample, features[0].shape[3] * self.upsample)
         streams = [F.interpolate(head(f), size=target, mode="bilinear", align_corners=True)
                    for head, f in zip(self.mlahead.values(), features)]
         x = self.cls(torch.cat(streams, dim=1))
