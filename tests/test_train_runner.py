@@ -106,3 +106,11 @@ def test_cli_train_and_its_usage_errors(tmp_path):
     bad = subprocess.run(cmd[:7] + ["--recipe", "segformer_pascal_context", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "no training recipe named" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_missing_encoder_weights_are_listed_with_the_other_inputs(tmp_path):
+    from segbench.suite import missing_files
+
+    suite = make_suite(tmp_path, extra=", encoder_init: /nowhere/vit.npz")
+    (problem,) = missing_files(suite)
+    assert "models.setr.train.encoder_init: file not found: /nowhere/vit.npz" in problem
