@@ -19,7 +19,7 @@ def miou(model, dataset) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["segmenter_micro_p8_linear", "setr_micro_p16_pup", "segformer_micro"])
+@pytest.mark.parametrize("arch", ["segmenter_micro_p8_linear", "setr_micro_p16_mla", "segformer_micro"])
 def test_tiny_transformers_learn_the_synthetic_scenes(tmp_path, arch):
     recipe = RECIPES["scratch"]
     val = build_dataset("synthetic", "val")
