@@ -105,26 +105,57 @@ def cmd_run(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from segbench import dist
     from segbench.data.datasets import build_dataset
-    from segbench.engine.train import resolve_recipe, train
-    from segbench.models import create_model
+    from segbench.engine.train import LoopOptions, build_model, initialise_encoder, resolve_recipe, train
     from segbench.runner import resolve_device
 
+    device = resolve_device(args.device)
+    dist.init_from_env(device)  # under torchrun: one process per device, the global batch split over them
     dataset = build_dataset(args.dataset, args.split, args.root)
-    model = create_model(args.model, num_classes=dataset.num_classes)
-    recipe = resolve_recipe(model.info.family, args.recipe, iters=args.iters, batch_size=args.batch_size,
-                            lr=args.lr, crop_size=args.crop_size)
+    eval_dataset = build_dataset(args.dataset, args.eval_split, args.root) if args.eval_every else None
+    info = _model_info(args.model, dataset.num_classes)
+    try:
+        recipe = resolve_recipe(args.recipe, info.family, dataset.kind, info.crop_size, iters=args.iters,
+                                batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    model = build_model(args.model, dataset.num_classes, recipe, seed=args.seed)
+    notes = initialise_encoder(model, args.encoder_init) if args.encoder_init else []
+    options = LoopOptions(seed=args.seed, accumulate=args.accumulate, amp=args.amp, workers=args.workers,
+                          checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+                          eval_max_images=args.eval_max_images, resume=not args.no_resume)
     console = _console()
-    with _progress(console, not args.json) as progress:
-        task = progress.add_task(f"train {args.model}", total=recipe.iters)
-        checkpoint = train(model, dataset, recipe, Path(args.out), resolve_device(args.device), args.seed,
-                           progress=lambda i, loss: progress.update(task, advance=1,
-                                                                    description=f"train {args.model} loss {loss:.3f}"))
+    with _progress(console, not args.json and dist.is_main()) as progress:
+        task = progress.add_task(f"train {args.model} ({recipe.name})", total=recipe.iters)
+        summary = train(model, dataset, recipe, Path(args.out), device, options, eval_dataset,
+                        progress=lambda i, loss: progress.update(task, completed=i,
+                                                                 description=f"train {args.model} loss {loss:.3f}"))
+    notes += summary.notes
+    if not dist.is_main():
+        return EXIT_OK
     if args.json:
-        _print_json({"checkpoint": str(checkpoint)})
+        _print_json({"checkpoint": summary.checkpoint, "log": summary.log, "recipe": recipe.__dict__,
+                     "resumed_from": summary.resumed_from, "evaluation": summary.evaluation, "notes": notes})
     else:
-        console.print(f"checkpoint: {checkpoint}")
+        start = f" (resumed at iteration {summary.resumed_from})" if summary.resumed_from else ""
+        console.print(f"recipe {recipe.name}: {recipe.iters} iterations, batch {recipe.batch_size}, "
+                      f"crop {recipe.crop_size[0]}x{recipe.crop_size[1]}, lr {recipe.lr:g}{start}")
+        for note in notes:
+            console.print(f"note: {note}")
+        if summary.evaluation:
+            console.print("last evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.evaluation.items()))
+        console.print(f"checkpoint: {summary.checkpoint}   log: {summary.log}")
     return EXIT_OK
+
+
+def _model_info(name: str, num_classes: int):
+    import torch
+
+    from segbench.models import create_model
+
+    with torch.device("meta"):
+        return create_model(name, num_classes=num_classes).info
 
 
 def cmd_eval(args) -> int:
@@ -534,19 +565,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("train", help="train one model with a paper recipe")
+    p = sub.add_parser("train", help="train one model with a paper recipe (resumable; torchrun for several GPUs)",
+                       description="Train MODEL on a dataset with a paper's recipe (default: the one for the "
+                                   "model's family and the dataset; the README lists them). Re-running with the "
+                                   "same --out continues from the last checkpoint. Under torchrun the global "
+                                   "batch is split over the processes.")
     p.add_argument("model")
     p.add_argument("--dataset", required=True)
     p.add_argument("--root")
     p.add_argument("--split", default="train")
-    p.add_argument("--recipe")
-    p.add_argument("--iters", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--crop-size", type=int)
+    p.add_argument("--recipe", help="e.g. segmenter_ade20k, setr_cityscapes, segformer_coco_stuff, cnn_ade20k, scratch")
+    p.add_argument("--iters", type=int, help="override the recipe's iterations")
+    p.add_argument("--batch-size", type=int, help="override the recipe's global batch size")
+    p.add_argument("--lr", type=float, help="override the recipe's base learning rate")
+    p.add_argument("--crop-size", type=int, help="override the recipe's (square) crop")
+    p.add_argument("--accumulate", type=int, default=1, help="gradient-accumulation steps per iteration")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision")
+    p.add_argument("--encoder-init", metavar="FILE", help="ImageNet weights for a ViT encoder (timm .pth / "
+                                                           ".safetensors, Google .npz), as the papers fine-tune")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (0: none)")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="iterations between resumable checkpoints")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate on --eval-split every N iterations")
+    p.add_argument("--eval-split", default="val")
+    p.add_argument("--eval-max-images", type=int)
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="folder for the checkpoint and training log")
+    p.add_argument("--out", required=True, help="folder for checkpoints (last.pth, final.pth) and train_log.jsonl")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -24,9 +24,9 @@ from segbench import dist
 from segbench.data.datasets import DATASETS, DatasetError, build_dataset
 from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
-from segbench.engine.train import resolve_recipe, train
+from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, read_log, recipe_from_dict,
+                                   suite_recipe, train)
 from segbench.metrics.stats import save_per_image
-from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.profiling import parse_size, profile_model
 from segbench.report.previews import PreviewWriter
@@ -63,8 +63,14 @@ def plan(suite: Suite) -> list[Job]:
             continue
         t = spec.train
         num_classes = spec.num_classes or num_classes_of(suite, t.dataset)
+        recipe = suite_recipe(spec, suite.datasets[t.dataset].kind)
+        # What decides the weights: the resolved recipe (so a changed recipe retrains), and the
+        # loop settings that change the numbers; not workers, checkpoint or evaluation intervals.
+        changes = {k: v for k, v in (("accumulate", t.accumulate if t.accumulate != 1 else None), ("amp", t.amp),
+                                     ("encoder_init", t.encoder_init)) if v is not None}
         config = {"arch": spec.arch, "num_classes": num_classes, "seed": suite.seed,
-                  "dataset": asdict(suite.datasets[t.dataset]), "split": t.split, "train": asdict(t)}
+                  "dataset": asdict(suite.datasets[t.dataset]), "split": t.split,
+                  "train": {"dataset": t.dataset, "split": t.split, "recipe": asdict(recipe), **changes}}
         job = Job("train", key, config)
         jobs.append(job)
         train_ids[key] = job.id
@@ -162,24 +168,36 @@ class Runner:
         self._model_cache: tuple[tuple, torch.nn.Module, object] | None = None
 
     def run_train(self, job: Job) -> dict:
-        config, t = job.config, job.config["train"]
-        dataset = build_dataset(config["dataset"]["kind"], t["split"], config["dataset"]["root"],
-                                **config["dataset"]["options"])
-        torch.manual_seed(config["seed"])  # the initial weights too: torch's default seed differs per process
-        model = create_model(config["arch"], num_classes=config["num_classes"])
-        recipe = resolve_recipe(model.info.family, t["recipe"], iters=t["iters"], batch_size=t["batch_size"],
-                                lr=t["lr"], crop_size=t["crop_size"])
-        out = self.results_dir / "train" / f"{job.model}-{job.id}"
+        """Train (or, after a crash, continue training) the job's model; its files go to
+        results/train/<model>-<job id>/ (final.pth, last.pth, train_log.jsonl)."""
+        config, spec = job.config, self.suite.models[job.model].train
+        data = config["dataset"]
+        dataset = build_dataset(data["kind"], spec.split, data["root"], **data["options"])
+        eval_dataset = build_dataset(data["kind"], spec.eval_split, data["root"], **data["options"]) \
+            if spec.eval_every else None
+        recipe = recipe_from_dict(config["train"]["recipe"])
+        model = build_model(config["arch"], config["num_classes"], recipe, seed=config["seed"])
+        notes = initialise_encoder(model, spec.encoder_init) if spec.encoder_init else []
+        options = LoopOptions(seed=config["seed"], accumulate=spec.accumulate, amp=spec.amp, workers=spec.workers,
+                              checkpoint_every=spec.checkpoint_every, eval_every=spec.eval_every,
+                              eval_max_images=spec.eval_max_images)
         task = self._task(f"train {job.model}", recipe.iters)
-        start = time.perf_counter()
-        checkpoint = train(model, dataset, recipe, out, self.device, seed=config["seed"],
-                           progress=lambda i, loss: self._advance(task, description=f"train {job.model} loss {loss:.3f}"))
-        losses = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+        show = (lambda i, loss: self.progress.update(task, completed=i, description=f"train {job.model} loss {loss:.3f}")
+                ) if self.progress is not None else None
+        summary = train(model, dataset, recipe, self.results_dir / "train" / f"{job.model}-{job.id}", self.device,
+                        options, eval_dataset, progress=show)
+        losses, evaluations = read_log(summary.log)
         tail = losses[-max(len(losses) // 10, 1):]
-        return {"checkpoint": str(checkpoint), "recipe": asdict(recipe), "dataset": dataset.name,
-                "metrics": {"final_loss": sum(tail) / len(tail), "first_loss": losses[0]},
-                "timings": {"seconds": time.perf_counter() - start,
-                            "seconds_per_iter": (time.perf_counter() - start) / recipe.iters}}
+        metrics = {"first_loss": losses[0], "final_loss": sum(tail) / len(tail)}
+        if evaluations:
+            metrics.update({f"val_{k}": v for k, v in evaluations[-1]["eval"].items()})
+        ran = recipe.iters - summary.resumed_from
+        return {"checkpoint": str(summary.checkpoint), "recipe": asdict(recipe), "dataset": dataset.name,
+                "split": spec.split, "metrics": metrics, "train_log": str(summary.log),
+                "resumed_from": summary.resumed_from, "notes": notes + summary.notes,
+                "timings": {"seconds": summary.seconds, "iterations": ran,
+                            "seconds_per_iter": summary.seconds / ran if ran else None,
+                            "data_wait_seconds": summary.data_seconds}}
 
     def load(self, job: Job) -> tuple[torch.nn.Module, str | None]:
         config = job.config
@@ -271,7 +289,7 @@ class Runner:
     def run(self, job: Job) -> dict:
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
                           config=job.config, **job.meta, started=now())
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = {"train": self.run_train, "eval": self.run_eval, "corruption": self.run_corruption,
                       "profile": self.run_profile}[job.kind](job)
@@ -279,7 +297,10 @@ class Runner:
         except Exception as exc:  # a failed job becomes an error record; the suite goes on
             record = {**base, "status": "error",
                       "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}}
-        record.update(finished=now(), wall_seconds=time.perf_counter() - start, env=environment(self.device))
+        # cpu_seconds: this process's CPU time (all its threads): on a shared machine, closer than
+        # wall_seconds to what the job takes on an idle one
+        record.update(finished=now(), wall_seconds=time.perf_counter() - start,
+                      cpu_seconds=time.process_time() - cpu_start, env=environment(self.device))
         return record
 
     def _task(self, description: str, total: int):

@@ -38,11 +38,19 @@ class DatasetSpec:
 class TrainSpec:
     dataset: str  # a key of `datasets`
     split: str = "train"
-    recipe: str | None = None  # default: the model family's paper recipe
-    iters: int | None = None
-    batch_size: int | None = None
+    recipe: str | None = None  # a recipe name (README: Training); default: the paper's for the family and dataset
+    iters: int | None = None  # overrides of the recipe
+    batch_size: int | None = None  # global batch (split over torchrun processes and accumulation steps)
     lr: float | None = None
     crop_size: int | None = None
+    accumulate: int = 1  # gradient-accumulation steps per iteration
+    amp: str | None = None  # mixed precision: bf16 | fp16
+    encoder_init: str | None = None  # ImageNet weights for a ViT encoder (timm .pth / .safetensors, Google .npz)
+    workers: int = 2  # data-loading processes
+    checkpoint_every: int = 1000  # iterations between resumable checkpoints
+    eval_every: int = 0  # evaluate on `eval_split` every N iterations (0: never)
+    eval_split: str = "val"
+    eval_max_images: int | None = None
 
 
 @dataclass(frozen=True)
@@ -239,8 +247,8 @@ def _check_references(suite: Suite, where: _Where) -> None:
     for name, spec in suite.models.items():
         if not is_model(spec.arch):
             raise where.error(f"models.{name}.arch", f"unknown model {spec.arch!r}; `segbench models` lists them")
-        if spec.train and spec.train.dataset not in suite.datasets:
-            raise where.error(f"models.{name}.train.dataset", f"no dataset named {spec.train.dataset!r} in `datasets`")
+        if spec.train:
+            _check_train(suite, name, spec, where)
     for i, spec in enumerate(suite.evaluate):
         _check_eval(suite, spec, f"evaluate[{i}]", where)
     for i, spec in enumerate(suite.corruption):
@@ -248,6 +256,24 @@ def _check_references(suite: Suite, where: _Where) -> None:
         _check_corruption(suite, spec, f"corruption[{i}]", where)
     for i, spec in enumerate(suite.profile):
         _check_profile(suite, spec, f"profile[{i}]", where)
+
+
+def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> None:
+    from segbench.engine.train import suite_recipe
+
+    train, path = spec.train, f"models.{name}.train"
+    if train.dataset not in suite.datasets:
+        raise where.error(f"{path}.dataset", f"no dataset named {train.dataset!r} in `datasets`")
+    for field_name in ("iters", "batch_size", "crop_size", "accumulate", "checkpoint_every"):
+        value = getattr(train, field_name)
+        if value is not None and value < (0 if field_name == "checkpoint_every" else 1):
+            raise where.error(f"{path}.{field_name}", f"must be positive, got {value}")
+    if train.amp not in (None, "bf16", "fp16"):
+        raise where.error(f"{path}.amp", f"mixed precision is bf16 or fp16, got {train.amp!r}")
+    try:
+        suite_recipe(spec, suite.datasets[train.dataset].kind)
+    except ValueError as exc:
+        raise where.error(f"{path}.recipe", str(exc)) from None
 
 
 def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
@@ -335,6 +361,9 @@ def missing_files(suite: Suite) -> list[str]:
     from the schema so that `segbench run` can list all missing inputs at once."""
     problems = [locate(suite, f"models.{name}.checkpoint", f"file not found: {spec.checkpoint}")
                 for name, spec in suite.models.items() if spec.checkpoint and not Path(spec.checkpoint).is_file()]
+    problems += [locate(suite, f"models.{name}.train.encoder_init", f"file not found: {spec.train.encoder_init}")
+                 for name, spec in suite.models.items()
+                 if spec.train and spec.train.encoder_init and not Path(spec.train.encoder_init).is_file()]
     for i, spec in enumerate(suite.corruption):
         if spec.root is not None and not (Path(spec.root) / "manifest.json").is_file():
             problems.append(locate(suite, f"corruption[{i}].root", (

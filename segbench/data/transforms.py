@@ -1,7 +1,21 @@
-"""Training augmentation, as in mmsegmentation's standard pipeline (used by all three
-papers): random keep-ratio resize with ratio 0.5-2.0, random crop whose largest class
-covers at most ``cat_max_ratio`` of it, horizontal flip, photometric distortion, and
-padding to the crop size (image 0, label = ignore).
+"""Training augmentation: mmsegmentation's standard pipeline, which all three papers train
+with (Segmenter Sec. 4.2, SETR Sec. 4.1, SegFormer Sec. 4.1):
+
+1. random keep-ratio resize: a ratio in [0.5, 2.0] times the dataset's training scale
+   (ADE20K (2048, 512), Cityscapes (2048, 1024), ...; the image's own size when the dataset
+   has none), bilinear for the image, nearest for the label;
+2. random crop, redrawn up to 10 times while one class covers ``cat_max_ratio`` (0.75) or
+   more of it (ignored pixels not counted);
+3. horizontal flip with probability 1/2;
+4. photometric distortion: brightness, contrast (before or after the colour changes),
+   saturation and hue jitter, each with probability 1/2, on uint8 images;
+5. normalisation with the model's mean / std, then padding to the crop size with 0 (the
+   image, after normalisation) and the ignore label.
+
+The random draws use the same ``numpy.random`` calls in the same order as mmseg 1.2.2
+(``RandomResize``, ``RandomCrop``, ``RandomFlip``, ``PhotoMetricDistortion``), so with a
+``np.random.RandomState`` seeded like mmseg's global generator the output is identical
+(tests/test_train_augment.py checks this against the installed mmsegmentation).
 """
 from __future__ import annotations
 
@@ -12,75 +26,86 @@ from segbench.data.datasets import IGNORE_INDEX
 from segbench.engine.inference import rescale_size
 
 
-def random_resize(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+def random_resize(image: np.ndarray, label: np.ndarray, rng: np.random.RandomState,
                   scale: tuple[int, int] | None, ratio_range=(0.5, 2.0)) -> tuple[np.ndarray, np.ndarray]:
-    ratio = rng.uniform(*ratio_range)
+    """Keep-ratio resize to ``ratio * scale`` (mmcv ``RandomResize(scale, ratio_range, keep_ratio=True)``)."""
+    low, high = ratio_range
+    ratio = rng.random_sample() * (high - low) + low
     height, width = label.shape
-    if scale is None:  # no dataset scale: the ratio applies to the image's own size
-        size = (max(int(height * ratio + 0.5), 1), max(int(width * ratio + 0.5), 1))
-    else:
-        size = rescale_size(height, width, (int(scale[0] * ratio), int(scale[1] * ratio)))
+    base = (width, height) if scale is None else scale
+    size = rescale_size(height, width, (int(base[0] * ratio), int(base[1] * ratio)))
     image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR)
     label = cv2.resize(label, size[::-1], interpolation=cv2.INTER_NEAREST)
     return image, label
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, crop: int, rng: np.random.Generator,
-                cat_max_ratio: float = 0.75, tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: np.random.RandomState,
+                cat_max_ratio: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """A random (height, width) crop (smaller if the image is); mmseg's ``RandomCrop``."""
     height, width = label.shape
-    box = None
-    for _ in range(tries):
-        y = int(rng.integers(0, max(height - crop, 0) + 1))
-        x = int(rng.integers(0, max(width - crop, 0) + 1))
-        box = (y, x)
-        classes, counts = np.unique(label[y:y + crop, x:x + crop], return_counts=True)
-        counts = counts[classes != IGNORE_INDEX]
-        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
-            break
-    y, x = box
-    return image[y:y + crop, x:x + crop], label[y:y + crop, x:x + crop]
+
+    def draw() -> tuple[int, int]:
+        return rng.randint(0, max(height - crop[0], 0) + 1), rng.randint(0, max(width - crop[1], 0) + 1)
+
+    y, x = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            classes, counts = np.unique(label[y:y + crop[0], x:x + crop[1]], return_counts=True)
+            counts = counts[classes != IGNORE_INDEX]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            y, x = draw()  # after 10 failed tries the 11th draw is kept unchecked, as mmseg
+    return image[y:y + crop[0], x:x + crop[1]], label[y:y + crop[0], x:x + crop[1]]
 
 
-def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast, saturation and hue jitter, each with probability 1/2."""
-    img = image.astype(np.float32)
-    if rng.random() < 0.5:
-        img += rng.uniform(-32, 32)
-    contrast_first = rng.random() < 0.5
-    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    if contrast_first and contrast is not None:
-        img *= contrast
-    img = np.clip(img, 0, 255)
-    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    hue = rng.integers(-18, 19) if rng.random() < 0.5 else None
-    if saturation is not None or hue is not None:
-        hsv = cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-        if saturation is not None:
-            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-        if hue is not None:
-            hsv[..., 0] = (hsv[..., 0] + hue) % 180
-        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-    if not contrast_first and contrast is not None:
-        img = np.clip(img * contrast, 0, 255)
-    return img.astype(np.uint8)
+def _scale_shift(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
-def pad_to(image: np.ndarray, label: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    pad_h, pad_w = max(crop - label.shape[0], 0), max(crop - label.shape[1], 0)
-    if pad_h or pad_w:
-        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
-        label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
-    return image, label
+def photometric_distortion(image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+    """mmseg's ``PhotoMetricDistortion`` on a uint8 RGB image (brightness +-32, contrast and
+    saturation x[0.5, 1.5], hue +-18 of OpenCV's 180), each step with probability 1/2."""
+
+    def contrast(img: np.ndarray) -> np.ndarray:
+        return _scale_shift(img, alpha=rng.uniform(0.5, 1.5)) if rng.randint(2) else img
+
+    img = _scale_shift(image, beta=rng.uniform(-32, 32)) if rng.randint(2) else image
+    contrast_first = rng.randint(2) == 1
+    if contrast_first:
+        img = contrast(img)
+    if rng.randint(2):  # saturation
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 1] = _scale_shift(hsv[..., 1], alpha=rng.uniform(0.5, 1.5))
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if rng.randint(2):  # hue (OpenCV's uint8 hue runs over 0..179)
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + rng.randint(-18, 18)) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if not contrast_first:
+        img = contrast(img)
+    return img
 
 
-def train_augment(image: np.ndarray, label: np.ndarray, crop: int, rng: np.random.Generator,
-                  scale: tuple[int, int] | None, ratio_range=(0.5, 2.0),
+def normalize_and_pad(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], mean, std
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 -> normalised (3, crop_h, crop_w) float32, padded bottom / right with 0
+    after normalisation (mmseg's data preprocessor), the label with the ignore index."""
+    x = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    pad_h, pad_w = crop[0] - label.shape[0], crop[1] - label.shape[1]
+    x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)))
+    label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)), label
+
+
+def train_augment(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: np.random.RandomState,
+                  scale: tuple[int, int] | None, mean, std, ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
                   photometric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One training sample: normalised (3, crop_h, crop_w) float32 image and (crop_h, crop_w) labels."""
     image, label = random_resize(image, label, rng, scale, ratio_range)
-    image, label = random_crop(image, label, crop, rng)
-    if rng.random() < 0.5:
+    image, label = random_crop(image, label, crop, rng, cat_max_ratio)
+    if rng.random_sample() < 0.5:  # mmcv RandomFlip(prob=0.5): one uniform draw, as np.random.choice makes
         image, label = image[:, ::-1], label[:, ::-1]
     image = np.ascontiguousarray(image)
     if photometric:
         image = photometric_distortion(image, rng)
-    return pad_to(image, np.ascontiguousarray(label), crop)
+    return normalize_and_pad(image, np.ascontiguousarray(label), crop, mean, std)

@@ -19,12 +19,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 import torch
 
 from segbench import dist
 from segbench.data.datasets import IGNORE_INDEX, DatasetError, Sample, SegDataset, identity_lut, map_ids, read_id_map
+from segbench.data.loader import opencv_single_threaded
 from segbench.engine.inference import Protocol, inference_model, precision, predict, resize_views
 from segbench.metrics.confusion import ConfusionMatrix
 from segbench.metrics.size import SizeBreakdown
@@ -216,10 +216,6 @@ def _as_is(item):
     return item
 
 
-def _worker_init(_) -> None:
-    cv2.setNumThreads(1)  # DataLoader already sets torch to one thread per worker
-
-
 def load_samples(dataset: SegDataset, indices, workers: int = 0,
                  prepare: Callable | None = None) -> Iterator[tuple[Sample, object]]:
     """``(sample, prepare(sample))`` for each index, in order: read here one at a time, or
@@ -227,8 +223,9 @@ def load_samples(dataset: SegDataset, indices, workers: int = 0,
     items = _Prepared(dataset, prepare)
     if workers <= 0:
         return (items[index] for index in indices)
+    opencv_single_threaded()
     return iter(torch.utils.data.DataLoader(items, batch_size=None, sampler=list(indices), num_workers=workers,
-                                            collate_fn=_as_is, worker_init_fn=_worker_init))
+                                            collate_fn=_as_is))
 
 
 def run_evaluators(dataset: SegDataset, predict_one, evaluators: list, max_images: int | None = None,
