@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
+from segbench.bench import randomize_statistics  # noqa: E402
 from segbench.models import create_model  # noqa: E402
 from segbench.models.segformer import convert_hf_state_dict, is_hf_state_dict, segformer_from_hf_config  # noqa: E402
 
@@ -26,17 +27,8 @@ def randomized_hf(name: str):
     a 1e-4 agreement means something."""
     torch.manual_seed(0)
     config = transformers.SegformerConfig(num_labels=NUM_CLASSES, **CONFIGS[name])
-    model = transformers.SegformerForSemanticSegmentation(config).eval()
+    model = randomize_statistics(transformers.SegformerForSemanticSegmentation(config))
     with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            if "running_var" in key:
-                tensor.uniform_(0.5, 2.0)
-            elif key.endswith("bias") or "running_mean" in key:
-                tensor.normal_(0.0, 0.2)
-            elif tensor.ndim == 1:  # LayerNorm / BatchNorm scales
-                tensor.uniform_(0.5, 1.5)
         model.decode_head.classifier.weight.mul_(10)
     return model
 
