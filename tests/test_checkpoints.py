@@ -319,3 +319,14 @@ def test_suite_allow_partial_reaches_the_loader(tmp_path):
         runner.load(strict)
     runner.load(lenient)
     assert runner.load_report()["complete"] is False and "decoder.conv_1.bias" in runner.load_report()["summary"]
+
+
+@pytest.mark.parametrize("arch", ["segformer_micro", "setr_micro_p16_pup"])
+def test_mmseg_1x_transformer_checkpoints_are_refused_with_the_reason(tmp_path, arch):
+    # mmseg 1.x names: MixVisionTransformer / VisionTransformer layers, nn.MultiheadAttention
+    state_dict = {"backbone.layers.0.0.projection.weight": torch.zeros(8, 3, 7, 7),
+                  "backbone.layers.0.1.0.attn.attn.in_proj_weight": torch.zeros(24, 8),
+                  "decode_head.conv_seg.weight": torch.zeros(9, 8, 1, 1)}
+    torch.save({"state_dict": state_dict, "meta": {"mmseg_version": "1.2.2"}}, tmp_path / "mmseg1.pth")
+    with pytest.raises(CheckpointError, match="mmsegmentation 1.x checkpoint .*official release"):
+        load_model(arch, tmp_path / "mmseg1.pth", 9)

@@ -182,6 +182,14 @@ def _mmseg(payload: dict, family: str) -> Converted:
         from segbench.models.cnn import convert_mmseg_state_dict
 
         return Converted(MMSEG_FORMAT, convert_mmseg_state_dict(state_dict))
+    if any(key.startswith("backbone.layers.") for key in state_dict):
+        # mmseg 1.x re-implemented ViT and MiT (nn.MultiheadAttention, 1x1-conv MLPs) and its
+        # SegformerHead adds BN + ReLU per stage: not the papers' models, so no renaming fits.
+        raise CheckpointError("an mmsegmentation 1.x checkpoint (keys 'backbone.layers.*'): its ViT / MiT "
+                              "modules and SegFormer head are mmseg's re-implementations, not the official "
+                              "models segbench builds. Use the official release (fudan-zvg/SETR, "
+                              "NVlabs/SegFormer mmseg-0.x files with 'backbone.blocks.*' / 'backbone.block1.*') "
+                              "or HuggingFace SegFormer weights")
     renamed = {}
     for key, value in state_dict.items():
         for old, new in MMSEG_PREFIXES:
