@@ -8,21 +8,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from checkpoint_writers import mmseg_state_dict, randomise, write_official_segmenter
 from segbench.models import IMAGENET_MEAN, VIT_MEAN, create_model
 from segbench.models.checkpoints import (HF_SEGFORMER_FORMAT, MMSEG_FORMAT, SEGMENTER_FORMAT, CheckpointError,
                                          detect_format, init_encoder_from_imagenet, load_model, save_checkpoint)
-
-
-def _randomise(model):
-    """Random values everywhere, BN statistics included, so a dropped tensor shows in the logits."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(torch.rand_like(t) * 0.2 + 0.9 if t.ndim == 1 else torch.randn_like(t) * 0.05)
-    return model.eval()
 
 
 def _logits(model, size=(64, 64)):
@@ -32,7 +22,7 @@ def _logits(model, size=(64, 64)):
 
 
 def test_segbench_round_trip(tmp_path):
-    model = _randomise(create_model("segmenter_micro_p8_mask", 9))
+    model = randomise(create_model("segmenter_micro_p8_mask", 9))
     path = save_checkpoint(tmp_path / "final.pth", model, iteration=3)
     loaded, report = load_model("segmenter_micro_p8_mask", path, 9)
     assert report.complete and loaded.info == model.info
@@ -41,33 +31,9 @@ def test_segbench_round_trip(tmp_path):
         load_model("segmenter_micro_p8_linear", path, 9)
 
 
-def _official_segmenter(tmp_path, model, decoder: dict, normalization="vit", distilled=False):
-    """``checkpoint.pth`` + ``variant.yml`` as rstrudel/segmenter's train.py writes them."""
-    state = dict(model.state_dict())
-    dim = model.encoder.cls_token.shape[-1]
-    state["encoder.head.weight"], state["encoder.head.bias"] = torch.randn(1000, dim), torch.zeros(1000)
-    if distilled:
-        state["encoder.head_dist.weight"], state["encoder.head_dist.bias"] = torch.randn(1000, dim), torch.zeros(1000)
-    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
-                "n_cls": model.info.num_classes, "lr_scheduler": {"last_epoch": 10, "base_lrs": [1e-3]},
-                "epoch": 63}, tmp_path / "checkpoint.pth")
-    crop = model.info.crop_size
-    variant = {"net_kwargs": {"backbone": "vit_tiny_patch16_384", "image_size": (crop, crop), "patch_size": 16,
-                              "d_model": dim, "n_heads": 3, "n_layers": 12, "normalization": normalization,
-                              "distilled": distilled, "dropout": 0.0, "drop_path_rate": 0.1, "decoder": decoder,
-                              "n_cls": model.info.num_classes},
-               "inference_kwargs": {"im_size": 512, "window_size": crop, "window_stride": crop - 32},
-               "dataset_kwargs": {"normalization": normalization}}
-    text = yaml.dump(variant)  # PyYAML's default Dumper, as the official code: tuples become !!python/tuple
-    assert "!!python/tuple" in text
-    (tmp_path / "variant.yml").write_text(text)
-    return tmp_path / "checkpoint.pth"
-
-
 def test_official_segmenter_checkpoint(tmp_path):
-    model = _randomise(create_model("segmenter_t16_mask", 150, crop_size=64))
-    decoder = {"name": "mask_transformer", "drop_path_rate": 0.0, "dropout": 0.1, "n_layers": 2}
-    path = _official_segmenter(tmp_path, model, decoder)
+    model = randomise(create_model("segmenter_t16_mask", 150, crop_size=64))
+    path = write_official_segmenter(tmp_path, model)
     loaded, report = load_model("segmenter_t16_mask", path, 150)
     assert report.format == SEGMENTER_FORMAT and report.complete
     assert sorted(report.ignored) == ["encoder.head.bias", "encoder.head.weight"]  # the unused ImageNet classifier
@@ -82,33 +48,18 @@ def test_official_segmenter_checkpoint(tmp_path):
 
 def test_official_segmenter_deit_normalisation(tmp_path):
     model = create_model("segmenter_deit_b16_linear", 150, crop_size=32).eval()  # no BN: random as built
-    path = _official_segmenter(tmp_path, model, {"name": "linear"}, normalization="deit", distilled=True)
+    path = write_official_segmenter(tmp_path, model)  # DeiT: normalization deit, distilled
     loaded, report = load_model("segmenter_deit_b16_linear", path, 150)
     assert loaded.info.mean == IMAGENET_MEAN and loaded.info.crop_size == 32
     assert "encoder.head_dist.weight" in report.ignored
     torch.testing.assert_close(_logits(loaded, (32, 48)), _logits(model, (32, 48)), rtol=0, atol=0)
 
 
-def _mmseg_layout(model) -> dict:
-    """The official SETR (mmseg 0.x) names: backbone / decode_head / auxiliary_head.N, plus the
-    unused conv_seg of every head."""
-    renames = (("encoder.", "backbone."), ("decoder.", "decode_head."), ("aux_heads.", "auxiliary_head."))
-    state = {}
-    for key, value in model.state_dict().items():
-        for ours, theirs in renames:
-            if key.startswith(ours):
-                state[theirs + key[len(ours):]] = value
-    k = model.info.num_classes
-    for head in ["decode_head"] + [f"auxiliary_head.{i}" for i in range(len(model.aux_heads))]:
-        state[f"{head}.conv_seg.weight"], state[f"{head}.conv_seg.bias"] = torch.randn(k, 512, 1, 1), torch.zeros(k)
-    return state
-
-
 @pytest.mark.parametrize("name", ["setr_micro_p16_naive", "setr_micro_p16_pup", "setr_micro_p16_mla"])
 def test_mmseg_setr_checkpoint(tmp_path, name):
-    model = _randomise(create_model(name, 9, crop_size=96))  # a crop other than the registry's 128
+    model = randomise(create_model(name, 9, crop_size=96))  # a crop other than the registry's 128
     torch.save({"meta": {"mmseg_version": "0.6.0", "CLASSES": [str(i) for i in range(9)]},
-                "state_dict": _mmseg_layout(model)}, tmp_path / "iter_40000.pth")
+                "state_dict": mmseg_state_dict(model)}, tmp_path / "iter_40000.pth")
     loaded, report = load_model(name, tmp_path / "iter_40000.pth", 9)
     assert report.format == MMSEG_FORMAT and report.complete
     assert len(report.ignored) == 2 * (1 + len(model.aux_heads))  # conv_seg weight + bias per head
@@ -125,8 +76,8 @@ def test_setr_names_mirror_the_official_checkpoints():
     """Key names and shapes of the official T-Large models (fudan-zvg/SETR, mmseg 0.x)."""
     with torch.device("meta"):
         pup, mla = create_model("setr_l16_pup", 19, crop_size=768), create_model("setr_l16_mla", 19, crop_size=768)
-    pup_keys = {k: tuple(v.shape) for k, v in _mmseg_layout(pup).items()}
-    mla_keys = {k: tuple(v.shape) for k, v in _mmseg_layout(mla).items()}
+    pup_keys = {k: tuple(v.shape) for k, v in mmseg_state_dict(pup).items()}
+    mla_keys = {k: tuple(v.shape) for k, v in mmseg_state_dict(mla).items()}
     assert pup_keys["backbone.pos_embed"] == (1, 48 * 48 + 1, 1024)
     assert pup_keys["backbone.blocks.23.attn.qkv.bias"] == (3072,)
     assert "backbone.norm.weight" not in pup_keys  # no final norm
@@ -144,8 +95,8 @@ def test_setr_names_mirror_the_official_checkpoints():
 
 
 def test_partial_load_refused_unless_allowed(tmp_path):
-    model = _randomise(create_model("setr_micro_p16_naive", 9))
-    state = _mmseg_layout(model)
+    model = randomise(create_model("setr_micro_p16_naive", 9))
+    state = mmseg_state_dict(model)
     del state["decode_head.conv_1.weight"]
     torch.save({"state_dict": state}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match="missing: decoder.conv_1.weight"):
@@ -302,8 +253,8 @@ def test_suite_allow_partial_reaches_the_loader(tmp_path):
     from segbench.runner import Runner, plan
     from segbench.suite import load_suite
 
-    model = _randomise(create_model("setr_micro_p16_naive", 9))
-    state = _mmseg_layout(model)
+    model = randomise(create_model("setr_micro_p16_naive", 9))
+    state = mmseg_state_dict(model)
     del state["decode_head.conv_1.bias"]
     torch.save({"state_dict": state}, tmp_path / "partial.pth")
     text = ("name: t\ndatasets: {synthetic: {kind: synthetic}}\n"

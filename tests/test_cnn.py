@@ -6,12 +6,12 @@ import importlib.util
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
+from checkpoint_writers import MMSEG_CNN_LAYOUTS
 from segbench.models import create_model, describe_models
 from segbench.models.checkpoints import MMSEG_FORMAT, load_model
 from segbench.models.cnn import FCNHead, convert_mmseg_state_dict
@@ -104,14 +104,13 @@ def test_registry_rows():
     assert all(r["crop_size"] == 512 and r["test_mode"] == "whole" for n, r in rows.items() if n in PAPER_MODELS)
 
 
-MMSEG_LAYOUTS = Path(__file__).parent / "data" / "mmseg_cnn_keys.json"
-
-
-@pytest.mark.parametrize("name", ["fcn_r50_d8", "deeplabv3plus_mobilenetv2_d8"])
+@pytest.mark.parametrize("name", ["fcn_r50_d8", "fcn_r101_d8", "deeplabv3plus_r101_d8",
+                                  "deeplabv3plus_mobilenetv2_d8"])
 def test_mmseg_checkpoint_names_convert_exactly(name):
-    # Names and shapes of mmsegmentation 1.2.2's modules for these configs (recorded by
-    # test_same_logits_as_mmseg below, which checks the numbers where mmseg is installed).
-    shapes = json.loads(MMSEG_LAYOUTS.read_text())["models"][name]
+    # Names and shapes of mmsegmentation 1.2.2's modules for these configs (ResNetV1c depth 101:
+    # the R-50 config with depth=101), recorded from mmseg; test_same_logits_as_mmseg below
+    # checks the numbers where mmseg is installed.
+    shapes = json.loads(MMSEG_CNN_LAYOUTS.read_text())["models"][name]
     converted = convert_mmseg_state_dict({k: torch.empty(s, device="meta") for k, s in shapes.items()})
     with torch.device("meta"):
         ours = {k: tuple(v.shape) for k, v in create_model(name, num_classes=19).state_dict().items()}
@@ -164,7 +163,7 @@ def test_same_logits_as_mmseg(tmp_path):
                                                            dilations=(1, 12, 24, 36), c1_in_channels=24, c1_channels=48,
                                                            **head), 96),
     }
-    recorded = json.loads(MMSEG_LAYOUTS.read_text())["models"]
+    recorded = json.loads(MMSEG_CNN_LAYOUTS.read_text())["models"]
     torch.manual_seed(0)
     x = torch.randn(1, 3, 96, 128)
     for name, (backbone, decode_head, aux_channels) in configs.items():
