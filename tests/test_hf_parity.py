@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
+from checkpoint_writers import mmseg_state_dict  # noqa: E402
 from segbench.bench import randomize_statistics  # noqa: E402
 from segbench.models import create_model  # noqa: E402
 from segbench.models.segformer import convert_hf_state_dict, is_hf_state_dict, segformer_from_hf_config  # noqa: E402
@@ -114,10 +115,9 @@ def mmseg_to_segbench(state_dict: dict) -> dict:
 def test_mmseg_layout(name, image, tmp_path):
     hf = randomized_hf(name)
     ours = convert_hf_state_dict(hf.state_dict())
-    official = {("backbone." + k[len("encoder."):]) if k.startswith("encoder.") else "decode_head." + k[len("decoder."):]: v
-                for k, v in ours.items()}
-    official["decode_head.conv_seg.weight"] = torch.randn(NUM_CLASSES, 256 if name == "segformer_b0" else 768, 1, 1)
-    official["decode_head.conv_seg.bias"] = torch.randn(NUM_CLASSES)
+    model = create_model(name, num_classes=NUM_CLASSES)
+    model.load_state_dict(ours)
+    official = mmseg_state_dict(model)
     assert "backbone.block1.0.attn.kv.weight" in official and "decode_head.linear_fuse.bn.running_mean" in official
     torch.save({"meta": {"CLASSES": [str(i) for i in range(NUM_CLASSES)]}, "state_dict": official}, tmp_path / "m.pth")
     loaded = torch.load(tmp_path / "m.pth", map_location="cpu", weights_only=True)["state_dict"]
