@@ -16,10 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from segbench.errors import SegbenchError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
+class UsageError(SegbenchError):
     """Bad input from the user: printed as one line, exit code 2."""
 
 

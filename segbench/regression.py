@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from segbench.errors import SegbenchError
 from segbench.results import load_records
 
 LIMITS = ("drop", "drop_pct", "rise", "rise_pct", "change", "change_pct")
@@ -34,7 +35,7 @@ MACHINE_POLICIES = ("same_machine", "always", "never")
 MACHINE_FIELDS = ("host", "platform", "device", "device_name", "threads")  # of a record's `env`
 
 
-class CheckError(ValueError):
+class CheckError(SegbenchError, ValueError):
     """A problem with the check's inputs (folders, tolerance file): exit code 2."""
 
 

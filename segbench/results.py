@@ -13,12 +13,13 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from segbench.files import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -45,17 +46,8 @@ def _jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temporary file in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(_jsonable(data), f, indent=1, allow_nan=False)
 
 
 def record_path(results_dir: Path, job_id: str) -> Path:

@@ -22,8 +22,10 @@ from typing import Any
 
 import yaml
 
+from segbench.errors import SegbenchError
 
-class SuiteError(ValueError):
+
+class SuiteError(SegbenchError, ValueError):
     """A suite file is malformed; the message names the file, line and field."""
 
 

@@ -20,12 +20,13 @@ from PIL import Image
 
 from segbench.data import classes as class_names
 from segbench.data import synthetic
+from segbench.errors import SegbenchError
 
 IGNORE_INDEX = 255
 INVALID = -1  # a label_lut entry for values that must not occur in a label PNG
 
 
-class DatasetError(ValueError):
+class DatasetError(SegbenchError, ValueError):
     """A dataset on disk is missing or malformed; the message says what to do."""
 
 

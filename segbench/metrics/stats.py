@@ -16,12 +16,11 @@ any multiset of images, at 3K integers per image instead of K x K.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from segbench.files import atomic_write
 from segbench.metrics.confusion import class_counts, nanmean, scores_from_counts
 
 WORST_FRACTION = 0.1
@@ -123,16 +122,9 @@ def paired_bootstrap(counts_a: np.ndarray, counts_b: np.ndarray, resamples: int 
 def save_per_image(path: Path, state: PerImageCounts, class_names: tuple[str, ...]) -> Path:
     """Write the per-image counts as a compressed .npz, atomically (temporary file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, counts=state.counts, names=np.array(state.names, dtype=str),
-                                classes=np.array(class_names, dtype=str))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez_compressed(f, counts=state.counts, names=np.array(state.names, dtype=str),
+                            classes=np.array(class_names, dtype=str))
     return path
 
 

@@ -30,7 +30,6 @@ import dataclasses
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,8 @@ import torch
 import torch.nn as nn
 import yaml
 
+from segbench.errors import SegbenchError
+from segbench.files import atomic_write
 from segbench.models import IMAGENET_MEAN, IMAGENET_STD, VIT_MEAN, VIT_STD, ModelInfo, create_model
 
 SEGBENCH_FORMAT = "segbench-v1"
@@ -55,7 +56,7 @@ UNUSED_KEYS = (
 MMSEG_PREFIXES = (("backbone.", "encoder."), ("decode_head.", "decoder."), ("auxiliary_head.", "aux_heads."))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SegbenchError, ValueError):
     """A checkpoint cannot be loaded as asked; the message says why and what to do."""
 
 
@@ -128,14 +129,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": SEGBENCH_FORMAT, "info": dataclasses.asdict(model.info),
                "state_dict": model.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(payload, f)
     return path
 
 

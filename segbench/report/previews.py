@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from segbench.files import atomic_write
 from segbench.robustness.sweep import PREVIEW_WIDTH, write_preview
 
 
@@ -30,10 +30,8 @@ def write_label_preview(path: Path, ids: np.ndarray, palette: np.ndarray) -> Non
     colours[:len(palette)] = palette
     image = Image.fromarray(ids, mode="P")
     image.putpalette(colours.flatten().tolist())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        image.save(f, format="PNG")
 
 
 class PreviewWriter:

@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segbench.errors import SegbenchError
+from segbench.files import atomic_write
 from segbench.results import file_sha256, write_json_atomic
 
 # SegFormer Table 5's columns, in its order (blur, noise, digital, weather).
@@ -61,7 +63,7 @@ MANIFEST_FORMAT = 1
 PNG_COMPRESS_LEVEL = 6  # Pillow's default; stored in the manifest since it changes the bytes
 
 
-class CorruptionError(ValueError):
+class CorruptionError(SegbenchError, ValueError):
     """Bad corruption settings, or a cache that does not match; the message says what to do."""
 
 
@@ -189,12 +191,8 @@ def _check_compatible(old: dict, new: dict, out: Path) -> None:
 
 
 def _write_png_atomic(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         Image.fromarray(image).save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _link(source: Path, target: Path) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from segbench.data.datasets import Sample, SegDataset, read_image
+from segbench.files import atomic_write
 from segbench.results import file_sha256
 from segbench.robustness.corruptions import CorruptionError, corrupt_image, image_id, pixels_sha256, read_manifest
 from segbench.robustness.scores import corruption_degradation, robustness_scores, severity_curves
@@ -105,10 +106,8 @@ def write_preview(path: Path, image: np.ndarray) -> None:
     if image.shape[1] > PREVIEW_WIDTH:
         height = round(image.shape[0] * PREVIEW_WIDTH / image.shape[1])
         image = cv2.resize(image, (PREVIEW_WIDTH, height), interpolation=cv2.INTER_AREA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(image).save(f, format="PNG")
 
 
 # --------------------------------------------------------------------------- records -> scores
