@@ -1,8 +1,11 @@
 """Command-line front end: parse arguments, call the library, print tables or JSON.
 
-Exit codes: 0 success, 1 a job or check failed, 2 a usage or input error (the message
-names the file or field). Every command that prints a table also takes ``--json`` and
-then prints exactly one JSON document on stdout.
+Exit codes: 0 success, 1 a job or check failed (or a bug: its traceback is printed), 2 a
+usage or input error (a ``SegbenchError``: one line naming the file or field). Every command
+that prints a table also takes ``--json`` and then prints exactly one JSON document on stdout.
+
+``eval``, ``train`` and ``profile`` turn their arguments into a one-job suite and run it
+through ``segbench.runner``, the path ``segbench run`` takes.
 """
 from __future__ import annotations
 
@@ -16,13 +19,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from segbench.errors import SegbenchError
+from segbench.errors import SegbenchError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(SegbenchError):
-    """Bad input from the user: printed as one line, exit code 2."""
 
 
 def _console() -> Console:
@@ -106,110 +105,110 @@ def cmd_run(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _single_suite(command: str, args, model: dict, datasets: dict, **blocks):
+    """A command's arguments as a one-job suite (validated as a suite file is)."""
+    from segbench.suite import build_suite
+
+    return build_suite({"name": "", "device": args.device, "seed": getattr(args, "seed", 0),
+                        **({"threads": args.threads} if getattr(args, "threads", None) else {}),
+                        "datasets": datasets, "models": {args.model: model}, **blocks}, f"segbench {command}")
+
+
+def _dataset_entry(args) -> dict:
+    return {args.dataset: {"kind": args.dataset, **({"root": args.root} if args.root else {})}}
+
+
 def cmd_train(args) -> int:
     from segbench import dist
-    from segbench.data.datasets import build_dataset
-    from segbench.engine.train import LoopOptions, build_model, initialise_encoder, resolve_recipe, train
-    from segbench.runner import resolve_device
+    from segbench.runner import run_single
 
-    device = resolve_device(args.device)
-    dist.init_from_env(device)  # under torchrun: one process per device, the global batch split over them
-    dataset = build_dataset(args.dataset, args.split, args.root)
-    eval_dataset = build_dataset(args.dataset, args.eval_split, args.root) if args.eval_every else None
-    info = _model_info(args.model, dataset.num_classes)
-    try:
-        recipe = resolve_recipe(args.recipe, info.family, dataset.kind, info.crop_size, iters=args.iters,
-                                batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    model = build_model(args.model, dataset.num_classes, recipe, seed=args.seed)
-    notes = initialise_encoder(model, args.encoder_init) if args.encoder_init else []
-    options = LoopOptions(seed=args.seed, accumulate=args.accumulate, amp=args.amp, workers=args.workers,
-                          checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-                          eval_max_images=args.eval_max_images, resume=not args.no_resume)
+    train = {"dataset": args.dataset, "split": args.split, "accumulate": args.accumulate, "workers": args.workers,
+             "checkpoint_every": args.checkpoint_every, "eval_every": args.eval_every,
+             "eval_split": args.eval_split}
+    train.update({k: v for k, v in (("recipe", args.recipe), ("iters", args.iters), ("batch_size", args.batch_size),
+                                    ("lr", args.lr), ("crop_size", args.crop_size), ("amp", args.amp),
+                                    ("encoder_init", args.encoder_init), ("eval_max_images", args.eval_max_images))
+                  if v is not None})
+    suite = _single_suite("train", args, {"arch": args.model, "train": train}, _dataset_entry(args))
     console = _console()
     with _progress(console, not args.json and dist.is_main()) as progress:
-        task = progress.add_task(f"train {args.model} ({recipe.name})", total=recipe.iters)
-        summary = train(model, dataset, recipe, Path(args.out), device, options, eval_dataset,
-                        progress=lambda i, loss: progress.update(task, completed=i,
-                                                                 description=f"train {args.model} loss {loss:.3f}"))
-    notes += summary.notes
+        record = run_single(suite, Path(args.out), console, progress, out=Path(args.out), resume=not args.no_resume)
     if not dist.is_main():
         return EXIT_OK
     if args.json:
-        _print_json({"checkpoint": summary.checkpoint, "log": summary.log, "recipe": recipe.__dict__,
-                     "resumed_from": summary.resumed_from, "evaluation": summary.evaluation, "notes": notes})
-    else:
-        start = f" (resumed at iteration {summary.resumed_from})" if summary.resumed_from else ""
-        console.print(f"recipe {recipe.name}: {recipe.iters} iterations, batch {recipe.batch_size}, "
-                      f"crop {recipe.crop_size[0]}x{recipe.crop_size[1]}, lr {recipe.lr:g}{start}")
-        for note in notes:
-            console.print(f"note: {note}")
-        if summary.evaluation:
-            console.print("last evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.evaluation.items()))
-        console.print(f"checkpoint: {summary.checkpoint}   log: {summary.log}")
+        _print_json(record)
+        return EXIT_OK
+    recipe = record["recipe"]
+    start = f" (resumed at iteration {record['resumed_from']})" if record["resumed_from"] else ""
+    console.print(f"recipe {recipe['name']}: {recipe['iters']} iterations, batch {recipe['batch_size']}, "
+                  f"crop {recipe['crop_size'][0]}x{recipe['crop_size'][1]}, lr {recipe['lr']:g}{start}")
+    for note in record["notes"]:
+        console.print(f"note: {note}")
+    evaluation = {k.removeprefix("val_"): v for k, v in record["metrics"].items() if k.startswith("val_")}
+    if evaluation:
+        console.print("last evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in evaluation.items()))
+    console.print(f"checkpoint: {record['checkpoint']}   log: {record['train_log']}   job: {record['job_id']}")
     return EXIT_OK
 
 
-def _model_info(name: str, num_classes: int):
-    import torch
+def _eval_record(args, progress) -> dict:
+    """The record of `segbench eval`: a model's one-job suite, or a folder of predictions scored."""
+    import tempfile
 
-    from segbench.models import create_model
+    from segbench.runner import predictions_record, run_single
 
-    with torch.device("meta"):
-        return create_model(name, num_classes=num_classes).info
+    if args.predictions:
+        advance = progress.add_task(f"eval {args.predictions}", total=None)
+        return predictions_record(args.dataset, args.root, args.split, Path(args.predictions), args.ids,
+                                  args.max_images, not args.no_size, args.bootstrap,
+                                  Path(args.out) if args.out else None,
+                                  lambda: progress.update(advance, advance=1))
+    if args.checkpoint is not None and args.random_weights:
+        raise UsageError("segbench eval: --checkpoint and --random-weights exclude each other")
+    if args.checkpoint is None and not args.random_weights:
+        raise UsageError(f"segbench eval {args.model}: no weights; give --checkpoint FILE, or --random-weights to "
+                         "evaluate untrained weights on purpose")
+    batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    evaluation = {"dataset": args.dataset, "split": args.split, "protocol": args.protocol,
+                  "max_images": args.max_images, "bootstrap": args.bootstrap, "size_breakdown": not args.no_size,
+                  "per_image": bool(args.out), "batch_size": batch_size, "workers": args.workers,
+                  "amp": args.amp, "compile": args.compile}
+    model = {"arch": args.model, **({"checkpoint": args.checkpoint} if args.checkpoint else {"weights": "random"})}
+    suite = _single_suite("eval", args, model, _dataset_entry(args), evaluate=[evaluation])
+    with contextlib.ExitStack() as stack:
+        folder = Path(args.out).parent if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        return run_single(suite, folder, progress=progress)
 
 
 def cmd_eval(args) -> int:
-    from segbench.data.datasets import build_dataset
-    from dataclasses import replace
-
-    from segbench.engine.evaluate import (collect_results, device_batch_size, evaluate, paper_protocol,
-                                          score_predictions, standard_evaluators)
-    from segbench.runner import eval_record, resolve_device
+    from segbench.data.datasets import DATASETS
+    from segbench.results import write_record
 
     if (args.model is None) == (args.predictions is None):
         raise UsageError("segbench eval: give a model to run, or --predictions DIR to score, not both")
     if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) > 0):
         raise UsageError(f"segbench eval: --batch-size takes a positive number or 'auto', got {args.batch_size!r}")
-    dataset = build_dataset(args.dataset, args.split, args.root)
-    evaluators = standard_evaluators(dataset, size_breakdown=not args.no_size, bootstrap=args.bootstrap)
-    console = _console()
-    total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
-    with _progress(console, not args.json) as progress:
-        task = progress.add_task(f"eval {args.model or args.predictions}", total=total)
-        advance = lambda: progress.update(task, advance=1)  # noqa: E731
-        if args.predictions:
-            run = {"predictions": str(args.predictions),
-                   **score_predictions(dataset, Path(args.predictions), evaluators, args.ids, args.max_images, advance)}
-        else:
-            from segbench.models.checkpoints import load_model
-
-            device = resolve_device(args.device)
-            model, _ = load_model(args.model, args.checkpoint, dataset.num_classes)
-            model.to(device)
-            protocol = paper_protocol(model.info, dataset, multi_scale=args.protocol == "multi_scale")
-            batch_size = device_batch_size(model, protocol, device, args.amp) \
-                if args.batch_size == "auto" else int(args.batch_size)
-            protocol = replace(protocol, batch_size=batch_size)
-            timing = evaluate(model, dataset, protocol, evaluators, device, args.max_images, progress=advance,
-                              workers=args.workers, amp=args.amp, compile=args.compile)
-            run = {"model": args.model, "checkpoint": args.checkpoint, "device": device, "protocol_name": args.protocol,
-                   "protocol": protocol.__dict__, "timings": timing.as_dict()}
-    results = collect_results(evaluators)
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"segbench eval: --max-images takes a positive number, got {args.max_images}")
+    with _progress(_console(), not args.json) as progress:
+        record = _eval_record(args, progress)
     if args.out:
-        eval_record(Path(args.out), dataset, args.split, run, results, evaluators[0].per_image)
+        write_record(Path(args.out), record)
+    results = record["metrics"]
     if args.json:
-        _print_json({"dataset": dataset.name, **run, "metrics": results})
+        _print_json(record)
         return EXIT_OK
     title = args.model or args.predictions
-    table = Table(title=f"{title} on {dataset.name}" + (f" ({args.protocol})" if args.model else ""))
+    weights = " (RANDOM WEIGHTS)" if record.get("random_weights") else ""
+    table = Table(title=f"{title} on {record['dataset']}/{record['split']}" + (f" ({args.protocol})" if args.model else "")
+                  + weights)
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("Acc", justify="right")
-    for name in dataset.classes:
+    for name in DATASETS[args.dataset].classes if args.dataset in DATASETS else results["IoU"]:
         iou, acc = results["IoU"][name], results["Acc"][name]
-        table.add_row(name, "absent" if iou != iou else f"{iou:.2f}", "—" if acc != acc else f"{acc:.2f}")
+        table.add_row(name, "absent" if iou is None or iou != iou else f"{iou:.2f}",
+                      "—" if acc is None or acc != acc else f"{acc:.2f}")
     table.add_row("[bold]mean[/bold]", f"[bold]{results['mIoU']:.2f}[/bold]", f"[bold]{results['mAcc']:.2f}[/bold]")
     out = _stdout()
     out.print(table)
@@ -230,7 +229,7 @@ def cmd_eval(args) -> int:
                           str(b["classes_present"]))
         out.print(sizes)
     if args.predictions:
-        _console().print(f"predictions read as {run['ids']} ids ({run['ids_note']})")
+        _console().print(f"predictions read as {record['ids']} ids ({record['ids_note']})")
     return EXIT_OK
 
 
@@ -339,30 +338,23 @@ def _giga(n) -> str:
 
 
 def cmd_profile(args) -> int:
-    from segbench.data.datasets import DATASETS
-    from segbench.profiling import parse_batch_size, parse_size, profile_model
-    from segbench.results import environment, new_record, now, write_json_atomic
-    from segbench.runner import profile_job, resolve_device
+    from segbench.results import write_record
+    from segbench.runner import run_single
 
-    try:
-        size = parse_size(args.size)
-        batch_size = parse_batch_size(args.batch_size)
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if args.dataset not in DATASETS:
-        raise UsageError(f"unknown dataset {args.dataset!r}; choose from {', '.join(sorted(DATASETS))}")
-    num_classes = args.num_classes or len(DATASETS[args.dataset].classes)
-    settings = {"batch_size": batch_size, "warmup": args.warmup, "runs": args.runs, "pipeline": not args.no_pipeline,
-                "fvcore": not args.no_fvcore, "amp": args.amp, "channels_last": args.channels_last}
-    job = profile_job(args.model, args.model, num_classes, args.dataset, device, size, settings)
-    with _console().status(f"profiling {args.model} at {size[0]}x{size[1]}", spinner="dots") if not args.json \
+    batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    profile = {"dataset": args.dataset, "sizes": [args.size], "batch_size": batch_size, "warmup": args.warmup,
+               "runs": args.runs, "pipeline": not args.no_pipeline, "fvcore": not args.no_fvcore, "amp": args.amp,
+               "channels_last": args.channels_last}
+    # costs need no trained weights: the architecture's own (random) ones, said so
+    model = {"arch": args.model, "weights": "random", **({"num_classes": args.num_classes} if args.num_classes else {})}
+    suite = _single_suite("profile", args, model, {args.dataset: {"kind": args.dataset}}, profile=[profile])
+    with _console().status(f"profiling {args.model} at {args.size}", spinner="dots") if not args.json \
             else contextlib.nullcontext():
-        result = profile_model(args.model, num_classes, *size, device=device, dataset=args.dataset, **settings)
-    record = new_record(job.id, "", "profile", model=args.model, arch=args.model, config=job.config,
-                        dataset=args.dataset, **result, status="ok", finished=now(), env=environment(device))
+        record = run_single(suite, Path(args.out).parent if args.out else Path("."))
+    size = (record["config"]["profile"]["height"], record["config"]["profile"]["width"])
+    num_classes = record["config"]["num_classes"]
     if args.out:
-        write_json_atomic(Path(args.out), record)
+        write_record(Path(args.out), record)
     if args.json:
         _print_json(record)
         return EXIT_OK
@@ -408,17 +400,14 @@ def _percent(x: float) -> str:
 
 def cmd_bench(args) -> int:
     from segbench.bench import Settings, quick_settings, run_bench
+    from segbench.devices import resolve_device
     from segbench.results import write_json_atomic
-    from segbench.runner import resolve_device
 
     overrides = {k: v for k, v in {"size": args.size, "rounds": args.rounds, "calls": args.calls,
                                    "images": args.images}.items() if v is not None}
     if any(v < 1 for v in overrides.values()):
         raise UsageError("segbench bench: --size, --rounds, --calls and --images must be at least 1")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    device = resolve_device(args.device)
     common = {"device": device, "workers": args.workers, "amp": args.amp, "compile": args.compile, **overrides}
     settings = quick_settings(**common) if args.quick else Settings(**common)
     console = _console()
@@ -506,12 +495,9 @@ def _change(before, after) -> str:
 
 
 def cmd_check(args) -> int:
-    from segbench.regression import CheckError, as_dict, check, load_tolerances, where
+    from segbench.regression import as_dict, check, load_tolerances, where
 
-    try:
-        result = check(args.results, args.baseline, load_tolerances(args.tolerances))
-    except CheckError as exc:
-        raise UsageError(str(exc)) from None
+    result = check(args.results, args.baseline, load_tolerances(args.tolerances))  # CheckError: exit 2
     if args.json:
         _print_json(as_dict(result))
         return EXIT_OK if result.ok else EXIT_FAILED
@@ -592,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-max-images", type=int)
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch / OpenMP threads (default: torch's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="folder for checkpoints (last.pth, final.pth) and train_log.jsonl")
     p.add_argument("--json", action="store_true")
@@ -605,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what prediction PNGs hold: training ids, the dataset's label ids (e.g. Cityscapes "
                         "labelIds), or auto-detect (default)")
     p.add_argument("--checkpoint")
+    p.add_argument("--random-weights", action="store_true",
+                   help="evaluate the architecture's untrained weights (drawn from --seed) on purpose")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights and of the bootstrap")
+    p.add_argument("--threads", type=int, help="torch / OpenMP threads (default: torch's)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--root")
     p.add_argument("--split", default="val")
@@ -740,18 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from segbench.data.datasets import DatasetError
-    from segbench.models.checkpoints import CheckpointError
-    from segbench.robustness.corruptions import CorruptionError
-    from segbench.suite import SuiteError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, SuiteError, DatasetError, CheckpointError, CorruptionError, KeyError,
-            FileNotFoundError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"segbench: error: {message}", file=sys.stderr)
+    except SegbenchError as exc:  # the user's input: one line. Anything else is a bug and keeps its traceback.
+        print(f"segbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("segbench: interrupted; finished jobs are saved and a re-run continues from there", file=sys.stderr)

@@ -7,21 +7,27 @@ in reports instead of silently missing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import socket
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segbench.errors import ResultsError
 from segbench.files import atomic_write
+from segbench.identity import ID_VERSION, file_sha256  # noqa: F401  (file_sha256: one helper for every caller)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `dataset` is the kind and `split` a field of its own in every kind; id_version
+
+
+class RecordFormatError(ResultsError):
+    """A JSON file in a results folder that is not valid JSON."""
 
 
 def now() -> str:
@@ -50,22 +56,62 @@ def write_json_atomic(path: Path, data: dict) -> None:
         json.dump(_jsonable(data), f, indent=1, allow_nan=False)
 
 
-def record_path(results_dir: Path, job_id: str) -> Path:
-    return Path(results_dir) / f"{job_id}.json"
+def record_path(results_dir: Path, job_id: str, model: str) -> Path:
+    """One record per (job, suite model): two models with the same weights get one each."""
+    return Path(results_dir) / f"{job_id}.{model}.json"
 
 
 def read_record(path: Path) -> dict | None:
+    """The record at ``path``; None if there is none. A file that cannot be read (permissions)
+    is an error naming it, never taken for a missing record."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        text = Path(path).read_text()
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read this record ({exc.strerror}); fix its permissions "
+                           "(records are written with the umask's mode) or move it away") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordFormatError(f"{path}: not a valid record (JSON error at line {exc.lineno}: {exc.msg}); "
+                                "delete it to recompute its job") from None
 
 
 def load_records(results_dir: str | os.PathLike) -> list[dict]:
-    """Every record under a folder (recursively), oldest first."""
-    records = [read_record(p) for p in sorted(Path(results_dir).rglob("*.json"))]
-    records = [r for r in records if r and "job_id" in r and "schema" in r]
+    """Every record under a folder (recursively), oldest first. Files that are not JSON are
+    skipped; unreadable ones are errors (``read_record``)."""
+    records = []
+    for p in sorted(Path(results_dir).rglob("*.json")):
+        try:
+            records.append(read_record(p))
+        except RecordFormatError:
+            continue
+    records = [r for r in records if isinstance(r, dict) and "job_id" in r and "schema" in r]
     return sorted(records, key=lambda r: r.get("finished") or "")
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write a finished record; if the folder refuses it (full disk, lost permissions), keep it
+    in the temporary folder and say where, so the computed result is not lost."""
+    try:
+        write_json_atomic(path, record)
+    except OSError as exc:
+        keep = Path(tempfile.gettempdir()) / "segbench-unsaved" / Path(path).name
+        write_json_atomic(keep, record)
+        raise ResultsError(f"{path}: could not write this record ({exc.strerror}); the finished record is "
+                           f"kept at {keep}: copy it there once the folder is writable, and re-run") from None
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any job computes if its record could not be written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise ResultsError(f"{folder}: results folder is not writable ({exc.strerror}); fix its permissions "
+                           "or set `results:` in the suite to another folder") from None
 
 
 def records_frame(records: list[dict]):
@@ -73,14 +119,6 @@ def records_frame(records: list[dict]):
     import pandas as pd
 
     return pd.json_normalize(records)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_sha() -> str | None:
@@ -116,4 +154,5 @@ def environment(device: str) -> dict:
 
 
 def new_record(job_id: str, suite: str, kind: str, **fields) -> dict:
-    return {"schema": SCHEMA_VERSION, "job_id": job_id, "suite": suite, "kind": kind, **fields}
+    return {"schema": SCHEMA_VERSION, "id_version": ID_VERSION, "job_id": job_id, "suite": suite, "kind": kind,
+            **fields}

@@ -1,18 +1,23 @@
 """Run a suite: expand it into jobs, run the ones not yet finished, write one record each.
 
-A job's id is a hash of everything that determines its result (model, checkpoint or
-training job, dataset, split, protocol), so re-running a suite skips finished jobs and
-a changed setting gets a new id. A failing job becomes an error record and the suite
-goes on; a record is written atomically when its job ends, so Ctrl-C or a crash loses
-nothing already finished.
+This is the one path every job takes: ``segbench run`` runs a suite's jobs, and ``segbench
+eval`` / ``train`` / ``profile`` build a one-job suite from their arguments and run that job
+here, so the same job gives the same record and the same id either way.
+
+A job's id is a hash of what determines its numbers (segbench.identity), so re-running a
+suite skips finished jobs, a changed setting gets a new id, and growing a suite (another
+model, another block) recomputes nothing already done. A failing job becomes an error
+record and the suite goes on; a record is written atomically when its job ends, so Ctrl-C
+or a crash loses nothing already finished. Each job is locked while it runs
+(segbench.locks): a second ``segbench run`` on the same results folder works on other jobs
+and picks up the held ones' records when their owner finishes.
 
 ``--shard i/N`` keeps the jobs of every N-th *model* (in suite order): a model's
 evaluations need its training job, so they stay on the shard that trains it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -22,36 +27,49 @@ import torch
 
 from segbench import dist
 from segbench.data.datasets import DATASETS, DatasetError, build_dataset
+from segbench.devices import resolve_device
 from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
 from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, read_log, recipe_from_dict,
                                    suite_recipe, train)
+from segbench.errors import ResultsError, SegbenchError
+from segbench.identity import ID_VERSION, dataset_identity, file_sha256, job_id
+from segbench.locks import release, try_lock
 from segbench.metrics.stats import save_per_image
+from segbench.models import create_model
 from segbench.models.checkpoints import load_model
 from segbench.profiling import parse_size, profile_model
 from segbench.report.previews import PreviewWriter
-from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
+from segbench.results import (check_writable, environment, new_record, now, read_record, record_path,
+                              write_record)
 from segbench.robustness.corruptions import corruption_grid, grid_cells
 from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
-from segbench.suite import EvalSpec, Suite, locate, missing_files
+from segbench.suite import Suite, locate, missing_files
+
+LOCK_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
 class Job:
     kind: str  # "train" | "eval" | "corruption" | "profile"
-    model: str  # the suite's model key
-    config: dict = field(hash=False)  # everything that determines the result
+    model: str  # the suite's model key: the record's name, not part of the id
+    config: dict = field(hash=False)  # every setting the job runs with (recorded)
+    identity: dict = field(hash=False, default_factory=dict)  # what changes its numbers: hashed into the id
     needs: str | None = None  # id of the training job whose checkpoint this job uses
     meta: dict = field(default_factory=dict, hash=False)  # recorded, not in the id (a sweep's cell, grid)
 
     @property
     def id(self) -> str:
-        blob = json.dumps({"kind": self.kind, **self.config}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return job_id(self.kind, self.identity)
 
 
 def num_classes_of(suite: Suite, dataset_key: str) -> int:
     return len(DATASETS[suite.datasets[dataset_key].kind].classes)
+
+
+def _pinned(suite: Suite) -> dict:
+    """Suite settings that change every job's numbers when set (the thread count)."""
+    return {"threads": suite.threads} if suite.threads is not None else {}
 
 
 def plan(suite: Suite) -> list[Job]:
@@ -66,36 +84,42 @@ def plan(suite: Suite) -> list[Job]:
         recipe = suite_recipe(spec, suite.datasets[t.dataset].kind)
         # What decides the weights: the resolved recipe (so a changed recipe retrains), and the
         # loop settings that change the numbers; not workers, checkpoint or evaluation intervals.
-        changes = {k: v for k, v in (("accumulate", t.accumulate if t.accumulate != 1 else None), ("amp", t.amp),
-                                     ("encoder_init", t.encoder_init)) if v is not None}
+        changes = {k: v for k, v in (("accumulate", t.accumulate if t.accumulate != 1 else None), ("amp", t.amp))
+                   if v is not None}
+        if t.encoder_init and Path(t.encoder_init).is_file():
+            changes["encoder_init_sha256"] = file_sha256(t.encoder_init)
         config = {"arch": spec.arch, "num_classes": num_classes, "seed": suite.seed,
                   "dataset": asdict(suite.datasets[t.dataset]), "split": t.split,
-                  "train": {"dataset": t.dataset, "split": t.split, "recipe": asdict(recipe), **changes}}
-        job = Job("train", key, config)
+                  "train": {**asdict(t), "recipe": asdict(recipe)}}
+        identity = {"arch": spec.arch, "num_classes": num_classes, "seed": suite.seed,
+                    "dataset": dataset_identity(suite.datasets[t.dataset], t.split), "recipe": asdict(recipe),
+                    **changes, **_pinned(suite)}
+        job = Job("train", key, config, identity)
         jobs.append(job)
         train_ids[key] = job.id
     for spec in suite.evaluate:
+        settings = asdict(spec)
         for key in spec.models or tuple(suite.models):
-            settings = asdict(spec)
-            if not spec.previews:  # only when set, so existing job ids stay the same
-                del settings["previews"]
-            config = {**_model_config(suite, key, spec.dataset, train_ids), "eval": settings}
-            jobs.append(Job("eval", key, config, needs=train_ids.get(key)))
+            weights, identity = _model_part(suite, key, spec.dataset, train_ids)
+            config = {**weights, "dataset": asdict(suite.datasets[spec.dataset]), "eval": settings}
+            jobs.append(Job("eval", key, config, {**identity, **_eval_identity(suite, spec)},
+                            needs=train_ids.get(key)))
     for spec in suite.corruption:
         # One job per (model, corruption, severity) and one on clean images. The grid and the
         # reference model are not part of a cell's id: growing a sweep recomputes nothing.
         grid = corruption_grid(spec.corruptions, spec.severities)
         settings = {k: v for k, v in asdict(spec).items()
                     if k not in ("models", "corruptions", "severities", "reference", "previews")}
-        sweep = {"key": sweep_key(asdict(suite.datasets[spec.dataset]), settings), "grid": grid,
-                 "reference": spec.reference}
+        evaluation = _eval_identity(suite, spec)
+        sweep = {"key": sweep_key(evaluation["dataset"], evaluation), "grid": grid, "reference": spec.reference}
         for key in spec.models or tuple(suite.models):
-            base = {**_model_config(suite, key, spec.dataset, train_ids), "eval": settings}
+            weights, identity = _model_part(suite, key, spec.dataset, train_ids)
+            config = {**weights, "dataset": asdict(suite.datasets[spec.dataset]), "eval": settings}
             for corruption, severity in [(CLEAN, 0), *grid_cells(grid)]:
                 cell = {"corruption": corruption, "severity": severity}
-                jobs.append(Job("corruption", key, {**base, "cell": cell}, needs=train_ids.get(key),
-                                meta={**cell, "sweep": sweep}))
-    device = resolve_device(suite.device) if suite.profile else None
+                jobs.append(Job("corruption", key, {**config, "cell": cell}, {**identity, **evaluation, "cell": cell},
+                                needs=train_ids.get(key), meta={**cell, "sweep": sweep}))
+    device = resolve_device(suite.device, f"{suite.path}: device") if suite.profile else None
     for spec in suite.profile:
         # Costs need no trained weights: profile jobs build the architecture and never wait for training.
         settings = {k: v for k, v in asdict(spec).items() if k not in ("dataset", "sizes", "models")}
@@ -104,27 +128,49 @@ def plan(suite: Suite) -> list[Job]:
             num_classes = model.num_classes or num_classes_of(suite, spec.dataset)
             for size in spec.sizes:
                 jobs.append(profile_job(key, model.arch, num_classes, suite.datasets[spec.dataset].kind, device,
-                                        parse_size(size), settings))
+                                        parse_size(size), settings, suite.threads))
     return jobs
 
 
 def profile_job(model: str, arch: str, num_classes: int, dataset_kind: str, device: str, size: tuple[int, int],
-                settings: dict) -> Job:
+                settings: dict, threads: int | None = None) -> Job:
     """The job of one profile record: a model at one input size on one device (CPU and GPU
     records never share an id), with the timing settings of ``profiling.profile_model``."""
     height, width = size
-    return Job("profile", model, {"arch": arch, "num_classes": num_classes, "dataset": dataset_kind, "device": device,
-                                  "profile": {"height": height, "width": width, **settings}})
+    config = {"arch": arch, "num_classes": num_classes, "dataset": dataset_kind, "device": device,
+              "profile": {"height": height, "width": width, **settings}}
+    return Job("profile", model, config, {**config, **({"threads": threads} if threads is not None else {})})
 
 
-def _model_config(suite: Suite, key: str, dataset: str, train_ids: dict[str, str]) -> dict:
-    """The part of an evaluation's config that says which weights meet which dataset."""
+def _model_part(suite: Suite, key: str, dataset: str, train_ids: dict[str, str]) -> tuple[dict, dict]:
+    """Which weights meet which class count: (config, identity). The identity names the
+    weights by content: the training job that writes them, the checkpoint's sha256, or
+    random ones (drawn from the suite's seed, which every eval identity holds)."""
     model = suite.models[key]
-    weights = {"trained_by": train_ids[key]} if key in train_ids else {"checkpoint": model.checkpoint}
-    if model.allow_partial:  # only when set, so existing job ids stay the same
-        weights["allow_partial"] = True
-    return {"arch": model.arch, "num_classes": model.num_classes or num_classes_of(suite, dataset), **weights,
-            "dataset": asdict(suite.datasets[dataset])}
+    num_classes = model.num_classes or num_classes_of(suite, dataset)
+    config = {"arch": model.arch, "num_classes": num_classes}
+    if key in train_ids:
+        config["trained_by"] = weights = train_ids[key]
+    elif model.checkpoint is not None:
+        config["checkpoint"] = model.checkpoint
+        # a missing file is reported by check_inputs before anything runs
+        weights = file_sha256(model.checkpoint) if Path(model.checkpoint).is_file() else f"missing {model.checkpoint}"
+    else:
+        config["random_weights"] = True
+        weights = "random"
+    identity = {"arch": model.arch, "num_classes": num_classes, "weights": weights}
+    if model.allow_partial:
+        config["allow_partial"] = identity["allow_partial"] = True
+    return config, identity
+
+
+def _eval_identity(suite: Suite, spec) -> dict:
+    """What of an evaluation block changes its numbers: not its `models`, workers, batch
+    size, per-image files or previews."""
+    protocol = {k: getattr(spec, k) for k in ("protocol", "mode", "window", "stride", "scales", "flip")}
+    return {"dataset": dataset_identity(suite.datasets[spec.dataset], spec.split), "protocol": protocol,
+            "max_images": spec.max_images, "seed": suite.seed, "amp": spec.amp, "compile": spec.compile,
+            "metrics": {"size_breakdown": spec.size_breakdown, "bootstrap": spec.bootstrap}, **_pinned(suite)}
 
 
 def shard_jobs(suite: Suite, jobs: list[Job], index: int, count: int) -> list[Job]:
@@ -153,23 +199,19 @@ def check_inputs(suite: Suite, jobs: list[Job]) -> list[str]:
     return problems + missing_files(suite)
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return name
+class NonFiniteLogits(SegbenchError):
+    """A model whose outputs are NaN or infinite (e.g. all-NaN weights): no mIoU to report."""
 
 
 class Runner:
     def __init__(self, suite: Suite, device: str, results_dir: Path, console=None, progress=None):
-        self.suite, self.device, self.results_dir = suite, device, results_dir
+        self.suite, self.device, self.results_dir = suite, device, Path(results_dir)
         self.console, self.progress = console, progress
         self._model_cache: tuple[tuple, torch.nn.Module, object] | None = None
 
-    def run_train(self, job: Job) -> dict:
-        """Train (or, after a crash, continue training) the job's model; its files go to
-        results/train/<model>-<job id>/ (final.pth, last.pth, train_log.jsonl)."""
+    def run_train(self, job: Job, out: Path | None = None, resume: bool = True) -> dict:
+        """Train (or, after a crash, continue training) the job's model; its files go to ``out``,
+        by default results/train/<model>-<job id>/ (final.pth, last.pth, train_log.jsonl)."""
         config, spec = job.config, self.suite.models[job.model].train
         data = config["dataset"]
         dataset = build_dataset(data["kind"], spec.split, data["root"], **data["options"])
@@ -180,31 +222,39 @@ class Runner:
         notes = initialise_encoder(model, spec.encoder_init) if spec.encoder_init else []
         options = LoopOptions(seed=config["seed"], accumulate=spec.accumulate, amp=spec.amp, workers=spec.workers,
                               checkpoint_every=spec.checkpoint_every, eval_every=spec.eval_every,
-                              eval_max_images=spec.eval_max_images)
+                              eval_max_images=spec.eval_max_images, resume=resume)
         task = self._task(f"train {job.model}", recipe.iters)
         show = (lambda i, loss: self.progress.update(task, completed=i, description=f"train {job.model} loss {loss:.3f}")
                 ) if self.progress is not None else None
-        summary = train(model, dataset, recipe, self.results_dir / "train" / f"{job.model}-{job.id}", self.device,
-                        options, eval_dataset, progress=show)
-        losses, evaluations = read_log(summary.log)
+        out = out or self.results_dir / "train" / f"{job.model}-{job.id}"
+        summary = train(model, dataset, recipe, out, self.device, options, eval_dataset, progress=show)
+        losses, evaluations, log_notes = read_log(summary.log)
         tail = losses[-max(len(losses) // 10, 1):]
-        metrics = {"first_loss": losses[0], "final_loss": sum(tail) / len(tail)}
+        metrics = {"first_loss": losses[0] if losses else None,
+                   "final_loss": sum(tail) / len(tail) if tail else None}
         if evaluations:
             metrics.update({f"val_{k}": v for k, v in evaluations[-1]["eval"].items()})
         ran = recipe.iters - summary.resumed_from
-        return {"checkpoint": str(summary.checkpoint), "recipe": asdict(recipe), "dataset": dataset.name,
-                "split": spec.split, "metrics": metrics, "train_log": str(summary.log),
-                "resumed_from": summary.resumed_from, "notes": notes + summary.notes,
+        return {"checkpoint": str(summary.checkpoint), "checkpoint_sha256": file_sha256(summary.checkpoint),
+                "recipe": asdict(recipe), "dataset": data["kind"], "split": spec.split, "metrics": metrics,
+                "train_log": str(summary.log), "resumed_from": summary.resumed_from,
+                "notes": notes + summary.notes + log_notes,
                 "timings": {"seconds": summary.seconds, "iterations": ran,
                             "seconds_per_iter": summary.seconds / ran if ran else None,
                             "data_wait_seconds": summary.data_seconds}}
 
     def load(self, job: Job) -> tuple[torch.nn.Module, str | None]:
         config = job.config
-        checkpoint = str(self.checkpoint_path_of(job)) if job.needs else config["checkpoint"]
+        checkpoint = str(self.checkpoint_path_of(job)) if job.needs else config.get("checkpoint")
         key = (config["arch"], checkpoint, config["num_classes"], config.get("allow_partial", False))
         if self._model_cache is None or self._model_cache[0] != key:
-            model, report = load_model(config["arch"], checkpoint, config["num_classes"], key[3])
+            if config.get("random_weights"):
+                # Drawn from the suite's seed: the same job gives the same weights in every process.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.suite.seed)
+                    model, report = create_model(config["arch"], num_classes=config["num_classes"]), None
+            else:
+                model, report = load_model(config["arch"], checkpoint, config["num_classes"], key[3])
             self._model_cache = (key, model.to(self.device).eval(), report)
         return self._model_cache[1], checkpoint
 
@@ -215,7 +265,7 @@ class Runner:
                                             "summary": report.summary(), "notes": report.notes}
 
     def checkpoint_path_of(self, job: Job) -> Path:
-        record = read_record(record_path(self.results_dir, job.needs))
+        record = find_record(self.results_dir, job.needs)
         if not record or record.get("status") != "ok":
             raise RuntimeError(f"training job {job.needs} of model {job.model!r} did not finish; "
                                "its record says why")
@@ -232,7 +282,13 @@ class Runner:
         if overrides:
             shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
             overrides["source"] = f"{protocol.source}; overridden by the suite: {shown}"
-        return Protocol(**{**asdict(protocol), **overrides})
+        protocol = Protocol(**{**asdict(protocol), **overrides})
+        if spec.get("batch_size", "auto") == "auto":
+            from segbench.engine.evaluate import device_batch_size
+
+            return Protocol(**{**asdict(protocol), "batch_size": device_batch_size(model, protocol, self.device,
+                                                                                   spec.get("amp"))})
+        return Protocol(**{**asdict(protocol), "batch_size": spec["batch_size"]})
 
     def run_eval(self, job: Job) -> dict:
         return self._evaluate(job, f"eval {job.model} {job.config['eval']['protocol']}")[0]
@@ -261,18 +317,23 @@ class Runner:
         task = self._task(description, count)
         previews = []  # opt-in: the first predictions as PNGs, for the report's overlays
         if spec.get("previews") and dist.is_main():
-            previews = [PreviewWriter(self.results_dir, job.id, {**config["dataset"], "split": spec["split"]},
-                                      spec["previews"], dataset.palette)]
+            previews = [PreviewWriter(self.results_dir, job.id, job.identity["dataset"], spec["previews"],
+                                      dataset.palette)]
         timing = evaluate(model, dataset, protocol, evaluators + previews, self.device, spec["max_images"],
-                          progress=lambda: self._advance(task))
+                          progress=lambda: self._advance(task), workers=spec.get("workers", 0), amp=spec.get("amp"),
+                          compile=spec.get("compile", False))
+        if timing.non_finite:
+            raise NonFiniteLogits(f"model {job.model!r} ({config['arch']}) gave NaN or infinite logits on "
+                                  f"{timing.non_finite} of {timing.images} images: check its weights"
+                                  + (f" ({checkpoint})" if checkpoint else ""))
         per_image_file = None
         if spec["per_image"]:  # per-image counts beside the record, for `segbench compare`
             per_image_file = f"{job.id}.per_image.npz"
             if dist.is_main():
                 save_per_image(self.results_dir / per_image_file, evaluators[0].per_image, dataset.classes)
         return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-                "checkpoint_load": self.load_report(),
-                "dataset": dataset.name, "split": spec["split"], "protocol_name": spec["protocol"],
+                "checkpoint_load": self.load_report(), "random_weights": bool(config.get("random_weights")),
+                "dataset": config["dataset"]["kind"], "split": spec["split"], "protocol_name": spec["protocol"],
                 "protocol": asdict(protocol), "metrics": collect_results(evaluators),
                 "per_image_file": per_image_file, "timings": timing.as_dict(),
                 **({"previews": previews[0].written} if previews else {})}, dataset
@@ -284,17 +345,21 @@ class Runner:
         result = profile_model(config["arch"], config["num_classes"], height, width, device=self.device,
                                dataset=config["dataset"], **settings)
         self._advance(task)
-        return {**result, "dataset": config["dataset"]}
+        return {**result, "dataset": config["dataset"], "split": None}
 
-    def run(self, job: Job) -> dict:
+    def run(self, job: Job, strict: bool = False, **options) -> dict:
+        """Run one job (``options``: run_train's); its record, ``status`` ok or error. ``strict``
+        (a command's single job): an exception propagates instead of becoming an error record."""
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
-                          config=job.config, **job.meta, started=now())
+                          config=job.config, identity=job.identity, **job.meta, started=now())
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = {"train": self.run_train, "eval": self.run_eval, "corruption": self.run_corruption,
-                      "profile": self.run_profile}[job.kind](job)
+                      "profile": self.run_profile}[job.kind](job, **options)
             record = {**base, **result, "status": "ok"}
         except Exception as exc:  # a failed job becomes an error record; the suite goes on
+            if strict:
+                raise
             record = {**base, "status": "error",
                       "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}}
         # cpu_seconds: this process's CPU time (all its threads): on a shared machine, closer than
@@ -311,43 +376,143 @@ class Runner:
             self.progress.update(task, advance=1, **kwargs)
 
 
-def eval_record(path: Path, dataset, split: str, run: dict, metrics: dict, per_image) -> dict:
-    """Write the record of a standalone evaluation (``segbench eval --out``), with its
-    per-image counts beside it, in the fields of a suite's eval records."""
-    config = {"dataset": dataset.name, "split": split, **{k: run.get(k) for k in ("model", "checkpoint", "predictions")}}
-    job_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    sidecar = path.with_name(f"{path.stem}.per_image.npz")
-    fields = {**run, "model": run.get("model") or run.get("predictions"), "arch": run.get("model")}
-    record = new_record(job_id, "", "eval", **fields, config=config, dataset=dataset.name, split=split,
-                        metrics=metrics, per_image_file=sidecar.name, status="ok", finished=now(),
-                        env=environment(run.get("device", "cpu")))
-    if dist.is_main():
-        save_per_image(sidecar, per_image, dataset.classes)
-        write_json_atomic(path, record)
-    return record
+def find_record(results_dir: Path, job_id_: str) -> dict | None:
+    """A finished record of this job under any model name (two suite models with the same
+    weights, or a renamed model, share the computation), else any record of it."""
+    found = [read_record(p) for p in sorted(Path(results_dir).glob(f"{job_id_}.*.json"))]
+    found = [r for r in found if r]
+    return next((r for r in found if r.get("status") == "ok"), found[0] if found else None)
+
+
+def check_results_folder(results_dir: Path) -> None:
+    """Refuse a folder whose records were written under another job-id scheme: their ids can
+    match nothing this version plans, so running would silently recompute every job."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return
+    old = []
+    for path in sorted(results_dir.glob("*.json")):
+        record = read_record(path)
+        if isinstance(record, dict) and "job_id" in record and record.get("id_version") != ID_VERSION:
+            old.append(path)
+    if old:
+        version = read_record(old[0]).get("id_version", 1)
+        raise ResultsError(
+            f"{results_dir}: {len(old)} records (e.g. {old[0].name}) have job ids of scheme {version}, this "
+            f"segbench uses scheme {ID_VERSION} (README: Job identity), so none of them would be reused. "
+            f"Move them aside (mv {results_dir} {results_dir}.v{version}) or set `results:` to a new folder, "
+            "then re-run; `segbench report` still reads the old records.")
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's and OpenMP's thread count (also for worker processes started later)."""
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1), console=None,
               progress=None) -> list[dict]:
-    """Run (or skip, if finished) every job of this shard; returns their records."""
-    device = resolve_device(suite.device)
+    """Run (or skip, if finished) every job of this shard; returns their records, in job order."""
+    device = resolve_device(suite.device, f"{suite.path}: device")
+    set_threads(suite.threads)
     dist.init_from_env(device)
     results_dir = suite.results_dir
+    check_results_folder(results_dir)
+    check_writable(results_dir)
     jobs = shard_jobs(suite, plan(suite), *shard)
     runner = Runner(suite, device, results_dir, console, progress)
     overall = progress.add_task("jobs", total=len(jobs)) if progress else None
-    records = []
-    for job in jobs:
-        path = record_path(results_dir, job.id)
-        existing = read_record(path)
-        if existing and existing.get("status") == "ok" and not force:
-            records.append({**existing, "skipped": True})
-        else:
-            record = runner.run(job)
-            if dist.is_main():
-                write_json_atomic(path, record)
-            dist.barrier()
-            records.append(record)
-        if progress is not None:
-            progress.update(overall, advance=1)
-    return records
+    records: dict[int, dict] = {}
+    pending = list(range(len(jobs)))
+    while pending:
+        held, deferred = set(), []
+        for index in pending:
+            job = jobs[index]
+            record = None if job.needs in held else _run_or_reuse(runner, job, force)
+            if record is None:  # another process holds it (or the training it needs): come back to it
+                held.add(job.id)
+                deferred.append(index)
+                continue
+            records[index] = record
+            if progress is not None:
+                progress.update(overall, advance=1)
+        if deferred and len(deferred) == len(pending):
+            time.sleep(LOCK_POLL_SECONDS)
+        pending = deferred
+    return [records[i] for i in range(len(jobs))]
+
+
+def _run_or_reuse(runner: Runner, job: Job, force: bool) -> dict | None:
+    """The job's record: reused if finished (under this model's name or another's), else
+    computed and written; None while another live process holds the job's lock."""
+    path = record_path(runner.results_dir, job.id, job.model)
+    if not force:
+        existing = read_record(path) or find_record(runner.results_dir, job.id)
+        if existing and existing.get("status") == "ok":
+            return _reused(path, existing, job)
+    lock = try_lock(runner.results_dir, job.id) if not dist.is_distributed() else None
+    if lock is None and not dist.is_distributed():
+        return None
+    try:
+        if not force:  # finished by the process that held the lock a moment ago?
+            existing = find_record(runner.results_dir, job.id)
+            if existing and existing.get("status") == "ok":
+                return _reused(path, existing, job)
+        record = runner.run(job)
+        if dist.is_main():
+            write_record(path, record)
+        dist.barrier()
+        return record
+    finally:
+        if lock is not None:
+            release(lock)
+
+
+def _reused(path: Path, existing: dict, job: Job) -> dict:
+    """A finished record for this job; under another model name, copied to this model's."""
+    if existing.get("model") != job.model:
+        existing = {**existing, "model": job.model, "reused_from": existing.get("model")}
+        if dist.is_main():
+            write_record(path, existing)
+    return {**existing, "skipped": True}
+
+
+def single_job(suite: Suite) -> Job:
+    """The one job of a suite built from a command's arguments (``segbench eval`` / ``train`` /
+    ``profile``)."""
+    jobs = plan(suite)
+    if len(jobs) != 1:
+        raise RuntimeError(f"a command's suite plans {len(jobs)} jobs, not one")
+    return jobs[0]
+
+
+def run_single(suite: Suite, results_dir: Path, console=None, progress=None, **options) -> dict:
+    """Run a command's one job through the suite path (same spec, same record, same id)."""
+    device = resolve_device(suite.device)
+    set_threads(suite.threads)
+    dist.init_from_env(device)
+    job = single_job(suite)
+    return Runner(suite, device, results_dir, console, progress).run(job, strict=True, **options)
+
+
+def predictions_record(kind: str, root: str | None, split: str, folder: Path, ids: str, max_images: int | None,
+                       size_breakdown: bool, bootstrap: int, out: Path | None = None, progress=None) -> dict:
+    """The record of a folder of prediction PNGs scored on a dataset split (``segbench eval
+    --predictions``): the eval record's fields; with ``out``, per-image counts beside it."""
+    from segbench.engine.evaluate import score_predictions
+
+    dataset = build_dataset(kind, split, root)
+    evaluators = standard_evaluators(dataset, size_breakdown=size_breakdown, bootstrap=bootstrap)
+    scored = score_predictions(dataset, Path(folder), evaluators, ids, max_images, progress)
+    identity = {"dataset": {"kind": kind, "split": split}, "predictions": Path(folder).name, "ids": scored["ids"],
+                "max_images": max_images, "metrics": {"size_breakdown": size_breakdown, "bootstrap": bootstrap}}
+    sidecar = None
+    if out is not None:
+        sidecar = Path(out).with_name(f"{Path(out).stem}.per_image.npz")
+        if dist.is_main():
+            save_per_image(sidecar, evaluators[0].per_image, dataset.classes)
+    return new_record(job_id("predictions", identity), "", "eval", model=str(folder), arch=None, identity=identity,
+                      predictions=str(folder), **scored, dataset=kind, split=split, random_weights=False,
+                      metrics=collect_results(evaluators), per_image_file=sidecar.name if sidecar else None,
+                      status="ok", finished=now(), env=environment("cpu"))

@@ -60,6 +60,7 @@ class ModelSpec:
     arch: str  # a registry name (`segbench models`)
     checkpoint: str | None = None  # segbench, official Segmenter/mmseg/HF/timm formats
     train: TrainSpec | None = None
+    weights: str | None = None  # "random": evaluate untrained weights drawn from the suite's seed (explicit only)
     num_classes: int | None = None  # default: the class count of the datasets it meets
     allow_partial: bool = False  # load a checkpoint that does not fit exactly (the record lists what did not)
 
@@ -80,6 +81,10 @@ class EvalSpec:
     bootstrap: int = 1000  # resamples of the images for the 95 % interval of mIoU; 0: none
     per_image: bool = True  # write per-image counts beside the record (<job>.per_image.npz) for `segbench compare`
     previews: int = 0  # save the first N predictions as PNGs for the report's qualitative overlays (evaluate only)
+    batch_size: Any = "auto"  # crops per forward: a number, or auto (the largest that fits on a GPU, the protocol's on a CPU)
+    workers: int = 0  # processes that read and resize images ahead of the model
+    amp: str | None = None  # autocast: bf16 | fp16 (can change predictions: part of the job id)
+    compile: bool = False  # torch.compile (part of the job id)
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class Suite:
     description: str = ""
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch / OpenMP threads for every job (numbers can depend on it); default: torch's
     results: str | None = None  # default: results/<name>
     report: str | None = None  # render a report here after the run
     path: str = ""  # the file it was read from (set by the loader)
@@ -150,18 +156,26 @@ class _Where:
         return SuiteError(f"{location}: {field_path}: {message}" if field_path else f"{location}: {message}")
 
 
-def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int], source: str) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:
             key = key_node.value
             child = f"{path}.{key}" if path else key
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, child, lines)
+            line = key_node.start_mark.line + 1
+            if key in out:  # PyYAML keeps the last one silently
+                raise SuiteError(f"{source}:{line}: {child}: duplicate key (first at line {lines[child]}); "
+                                 "keep one of them")
+            lines[child] = line
+            out[key] = _to_python(value_node, child, lines, source)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
+        return [_to_python(item, f"{path}[{i}]", lines, source) for i, item in enumerate(node.value)]
+    if node.tag == "tag:yaml.org,2002:null" and node.value == "":
+        # `checkpoint:   # TODO`: an empty value is a forgotten one; `null` says none on purpose
+        raise SuiteError(f"{source}:{node.start_mark.line + 1}: {path}: no value given; write one, "
+                         "or remove the key for its default")
     return yaml.safe_load(yaml.serialize(node))  # scalars: let PyYAML resolve the type
 
 
@@ -240,15 +254,28 @@ def _build(cls, data: Any, path: str, where: _Where):
 
 def _check_references(suite: Suite, where: _Where) -> None:
     from segbench.data.datasets import DATASETS
+    from segbench.devices import device_problem
     from segbench.models import is_model
 
+    problem = device_problem(suite.device)
+    if problem:
+        raise where.error("device", problem)
+    if suite.threads is not None and suite.threads < 1:
+        raise where.error("threads", f"expected a positive number of threads, got {suite.threads}")
     for name, spec in suite.datasets.items():
         if spec.kind not in DATASETS:
             raise where.error(f"datasets.{name}.kind", f"unknown dataset kind {spec.kind!r}; "
                                                        f"choose from {', '.join(sorted(DATASETS))}")
+        for option in ("num_images", "image_size"):  # the synthetic set's sizes: 0 gives an empty, NaN result
+            value = spec.options.get(option)
+            if spec.kind == "synthetic" and value is not None and (not isinstance(value, int) or value < 1):
+                raise where.error(f"datasets.{name}.options.{option}", f"expected a positive integer, got {value!r}")
+    if not suite.models:
+        raise where.error("models", "no models: name at least one (`segbench models` lists the architectures)")
     for name, spec in suite.models.items():
         if not is_model(spec.arch):
             raise where.error(f"models.{name}.arch", f"unknown model {spec.arch!r}; `segbench models` lists them")
+        _check_weights(name, spec, where)
         if spec.train:
             _check_train(suite, name, spec, where)
     for i, spec in enumerate(suite.evaluate):
@@ -258,6 +285,20 @@ def _check_references(suite: Suite, where: _Where) -> None:
         _check_corruption(suite, spec, f"corruption[{i}]", where)
     for i, spec in enumerate(suite.profile):
         _check_profile(suite, spec, f"profile[{i}]", where)
+
+
+def _check_weights(name: str, spec: ModelSpec, where: _Where) -> None:
+    """Where a model's weights come from must be said: a checkpoint, a training job, or
+    explicitly random ones (never random by omission: that gives a normal-looking mIoU row)."""
+    path = f"models.{name}"
+    given = [k for k in ("checkpoint", "train") if getattr(spec, k) is not None]
+    if spec.weights not in (None, "random"):
+        raise where.error(f"{path}.weights", f"the only value is 'random', got {spec.weights!r}")
+    if spec.weights and given:
+        raise where.error(f"{path}.weights", f"random weights and a {given[0]} exclude each other")
+    if not given and not spec.weights:
+        raise where.error(path, "no weights: give a `checkpoint`, a `train` block, or `weights: random` "
+                                "to evaluate untrained weights on purpose")
 
 
 def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> None:
@@ -292,6 +333,21 @@ def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
     for model in spec.models:
         if model not in suite.models:
             raise where.error(f"{path}.models", f"no model named {model!r} in `models`")
+    if spec.max_images is not None and spec.max_images < 1:
+        raise where.error(f"{path}.max_images", f"expected a positive number of images, got {spec.max_images}")
+    for name in ("window", "stride"):
+        if getattr(spec, name) is not None and getattr(spec, name) < 1:
+            raise where.error(f"{path}.{name}", f"expected a positive number of pixels, got {getattr(spec, name)}")
+    for i, scale in enumerate(spec.scales or ()):
+        if not scale > 0:
+            raise where.error(f"{path}.scales[{i}]", f"a test scale is a positive ratio (e.g. 0.5, 1.0), got {scale}")
+    if spec.amp not in (None, "bf16", "fp16"):
+        raise where.error(f"{path}.amp", f"mixed precision is bf16 or fp16, got {spec.amp!r}")
+    if spec.workers < 0:
+        raise where.error(f"{path}.workers", f"expected 0 or more, got {spec.workers}")
+    if spec.batch_size != "auto" and (isinstance(spec.batch_size, bool) or not isinstance(spec.batch_size, int)
+                                      or spec.batch_size < 1):
+        raise where.error(f"{path}.batch_size", f"expected a positive number or auto, got {spec.batch_size!r}")
 
 
 def _check_corruption(suite: Suite, spec: CorruptionSpec, path: str, where: _Where) -> None:
@@ -345,10 +401,17 @@ def load_suite(path: str | os.PathLike) -> Suite:
     if root is None:
         raise SuiteError(f"{path}: the suite file is empty")
     lines: dict[str, int] = {}
-    data = _to_python(root, "", lines)
-    where = _Where(str(path), lines)
+    data = _to_python(root, "", lines, str(path))
+    return build_suite(data, str(path), lines)
+
+
+def build_suite(data: dict, source: str, lines: dict[str, int] | None = None) -> Suite:
+    """A suite from its plain-data form, validated as a file would be (``source`` names
+    where it came from in messages: a file, or the command that built it)."""
+    lines = lines or {}
+    where = _Where(source, lines)
     suite = _build(Suite, data, "", where)
-    suite = dataclasses.replace(suite, path=str(path), lines=lines)
+    suite = dataclasses.replace(suite, path=source, lines=lines)
     _check_references(suite, where)
     return suite
 

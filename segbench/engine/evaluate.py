@@ -25,6 +25,7 @@ import torch
 from segbench import dist
 from segbench.data.datasets import IGNORE_INDEX, DatasetError, Sample, SegDataset, identity_lut, map_ids, read_id_map
 from segbench.data.loader import opencv_single_threaded
+from segbench.devices import synchronize
 from segbench.engine.inference import Protocol, inference_model, precision, predict, resize_views
 from segbench.metrics.confusion import ConfusionMatrix
 from segbench.metrics.size import SizeBreakdown
@@ -182,19 +183,29 @@ def collect_results(evaluators: list) -> dict:
     return results
 
 
+WARMUP_IMAGES = 5  # untimed first images (detectron2's inference_on_dataset: min(5, N - 1))
+
+
 @dataclass
 class EvalTiming:
     images: int
     total_seconds: float
-    model_seconds: float  # predict() only: forward passes, windows, scales, merging
+    model_seconds: float  # predict() only (forward passes, windows, scales, merging), after the warm-up
     workers: int = 0  # data-loading worker processes (0: read in the loop)
     dtype: str = "float32"  # or "bfloat16 autocast" / "float16 autocast"
     compiled: bool = False  # torch.compile
+    warmup_images: int = 0  # first images left out of model_seconds (allocator, cudnn autotune, compilation)
+    warmup_seconds: float = 0.0  # their predict() time
+    compile_seconds: float | None = None  # compiled: the first image's predict() time, compilation included
+    non_finite: int = 0  # images whose logits held NaN or inf
 
     def as_dict(self) -> dict:
+        timed = self.images - self.warmup_images
         return {"images": self.images, "total_seconds": self.total_seconds,
                 "model_seconds": self.model_seconds,
-                "images_per_second": self.images / self.model_seconds if self.model_seconds else None,
+                "images_per_second": timed / self.model_seconds if self.model_seconds else None,
+                "warmup_images": self.warmup_images, "warmup_seconds": self.warmup_seconds,
+                "compile_seconds": self.compile_seconds,
                 "workers": self.workers, "dtype": self.dtype, "compiled": self.compiled}
 
 
@@ -262,27 +273,30 @@ def evaluate(model, dataset: SegDataset, protocol: Protocol, evaluators: list, d
     timing says whether they were on, since reduced precision can change predictions.
     """
     net = inference_model(model, amp, compile)
-    model_seconds = 0.0
+    seconds: list[float] = []  # predict() time of each image of this process
+    non_finite = 0
 
     def predict_one(sample: Sample, views: list[np.ndarray]) -> torch.Tensor:
-        nonlocal model_seconds
-        _sync(device)
+        nonlocal non_finite
+        synchronize(device)
         t0 = time.perf_counter()
-        pred = predict(net, sample.image, protocol, dataset.num_classes, device, views).argmax(0).cpu()
-        _sync(device)
-        model_seconds += time.perf_counter() - t0
+        logits = predict(net, sample.image, protocol, dataset.num_classes, device, views)
+        pred = logits.argmax(0).cpu()
+        synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+        non_finite += not bool(torch.isfinite(logits).all())
         return pred
 
     start = time.perf_counter()
     count = run_evaluators(dataset, predict_one, evaluators, max_images, progress, workers,
                            partial(_resized_views, protocol=protocol))
-    model_seconds = float(dist.all_reduce_sum(np.array([model_seconds]))[0]) / dist.world_size()
-    return EvalTiming(count, time.perf_counter() - start, model_seconds, workers, **precision(amp, compile))
-
-
-def _sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+    warmup = min(WARMUP_IMAGES, max(len(seconds) - 1, 0))
+    timed, warm, bad = dist.all_reduce_sum(np.array([sum(seconds[warmup:]), sum(seconds[:warmup]), non_finite],
+                                                    dtype=np.float64)) / [dist.world_size(), dist.world_size(), 1]
+    warmups = int(dist.all_reduce_sum(np.array([warmup]))[0])
+    return EvalTiming(count, time.perf_counter() - start, float(timed), workers, **precision(amp, compile),
+                      warmup_images=warmups, warmup_seconds=float(warm),
+                      compile_seconds=seconds[0] if compile and seconds else None, non_finite=int(bad))
 
 
 # --- predictions from anywhere ---------------------------------------------------------

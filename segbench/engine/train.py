@@ -37,9 +37,14 @@ import torch.nn.functional as F
 
 from segbench import dist
 from segbench.data.datasets import IGNORE_INDEX, SegDataset
+from segbench.errors import SegbenchError
 from segbench.data.loader import IterationBatches, loader
 from segbench.models import create_model
 from segbench.models.checkpoints import read_file, save_checkpoint
+
+
+class TrainError(SegbenchError):
+    """A training output folder that cannot be used for this run (a file, another run's)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,15 @@ def resolve_recipe(name: str | None, family: str, dataset_kind: str, model_crop:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(overrides.get("crop_size"), int):
         overrides["crop_size"] = _square(overrides["crop_size"])
-    return replace(RECIPES[name], **overrides)
+    recipe = RECIPES[name]
+    iters = overrides.get("iters", recipe.iters)
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters} (0 would write untrained weights as a result)")
+    if iters <= recipe.warmup_iters:
+        # A run shorter than the warm-up would never reach the base learning rate: the warm-up
+        # keeps its share of the schedule instead (recorded in the recipe, hence in the job id).
+        overrides["warmup_iters"] = recipe.warmup_iters * iters // recipe.iters
+    return replace(recipe, **overrides)
 
 
 def suite_recipe(spec, dataset_kind: str) -> Recipe:
@@ -295,6 +308,9 @@ def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path
                          f"{options.accumulate} accumulation step(s)")
     if options.amp not in (None, *AMP_DTYPES):
         raise ValueError(f"amp must be bf16 or fp16, got {options.amp!r}")
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"{out}: the training output must be a folder (for last.pth, final.pth, "
+                         "train_log.jsonl), and this is a file; choose another --out")
     summary = TrainSummary(out / FINAL_FILE, out / LOG_FILE, resumed_from=0)
     if options.resume and _finished(out / FINAL_FILE, recipe, options):
         summary.resumed_from = recipe.iters
@@ -325,31 +341,39 @@ def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path
                                ratio_range=recipe.ratio_range, cat_max_ratio=recipe.cat_max_ratio,
                                photometric=recipe.photometric)
     data = loader(batches, summary.resumed_from, recipe.iters, options.workers, pin_memory=device.type == "cuda")
-    log = _Log(out / LOG_FILE, summary.resumed_from) if dist.is_main() else None
+    log = _Log(out / LOG_FILE, summary.resumed_from, summary.notes) if dist.is_main() else None
     session_start = waited = time.perf_counter()
-    for iteration, (images, labels) in zip(range(summary.resumed_from, recipe.iters), data):
-        step_start = time.perf_counter()
-        summary.data_seconds += step_start - waited
-        torch.manual_seed(iteration_seed(options.seed, iteration, rank))
-        loss = train_step(net, optimizer, scaler, images.to(device), labels.to(device), recipe, iteration,
-                          aux, options.amp)
-        done = iteration + 1
-        if log:
-            log.write({"iter": done, "loss": loss, "lr": learning_rate(recipe, recipe.lr, iteration),
-                       "seconds": time.perf_counter() - step_start, "data_seconds": step_start - waited})
-        if options.eval_every and eval_dataset is not None and (done % options.eval_every == 0 or done == recipe.iters):
-            summary.evaluation = _evaluate(model, eval_dataset, device, options.eval_max_images)
+    done = summary.resumed_from
+    try:
+        for iteration, (images, labels) in zip(range(summary.resumed_from, recipe.iters), data):
+            step_start = time.perf_counter()
+            summary.data_seconds += step_start - waited
+            torch.manual_seed(iteration_seed(options.seed, iteration, rank))
+            loss = train_step(net, optimizer, scaler, images.to(device), labels.to(device), recipe, iteration,
+                              aux, options.amp)
+            done = iteration + 1
             if log:
-                log.write({"iter": done, "eval": summary.evaluation})
-        if options.checkpoint_every and done % options.checkpoint_every == 0 and done < recipe.iters:
-            if dist.is_main():
-                save_checkpoint(out / STATE_FILE, model, **_state(optimizer, scaler, done, recipe, options))
-            dist.barrier()
-        if progress is not None and dist.is_main():
-            progress(done, loss)
-        waited = time.perf_counter()
-    if log:
-        log.close()
+                log.write({"iter": done, "loss": loss, "lr": learning_rate(recipe, recipe.lr, iteration),
+                           "seconds": time.perf_counter() - step_start, "data_seconds": step_start - waited})
+            if options.eval_every and eval_dataset is not None and (done % options.eval_every == 0 or done == recipe.iters):
+                summary.evaluation = _evaluate(model, eval_dataset, device, options.eval_max_images)
+                if log:
+                    log.write({"iter": done, "eval": summary.evaluation})
+            if options.checkpoint_every and done % options.checkpoint_every == 0 and done < recipe.iters:
+                if dist.is_main():
+                    save_checkpoint(out / STATE_FILE, model, **_state(optimizer, scaler, done, recipe, options))
+                dist.barrier()
+            if progress is not None and dist.is_main():
+                progress(done, loss)
+            waited = time.perf_counter()
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the iterations done since the last checkpoint (a re-run resumes here).
+        if dist.is_main() and done > summary.resumed_from:
+            save_checkpoint(out / STATE_FILE, model, **_state(optimizer, scaler, done, recipe, options))
+        raise
+    finally:
+        if log:
+            log.close()
     model.eval()
     if dist.is_main():
         save_checkpoint(out / FINAL_FILE, model, **_state(None, None, recipe.iters, recipe, options))
@@ -408,8 +432,9 @@ def _check_same_run(payload: dict, path: Path, recipe: Recipe, options: LoopOpti
     ours = {"recipe": asdict(recipe), "seed": options.seed, "accumulate": options.accumulate, "amp": options.amp}
     changed = [k for k in ours if payload.get(k) != ours[k]]
     if changed:
-        raise ValueError(f"{path} belongs to a run with another {' and '.join(changed)}; continuing it would "
-                         "mix two trainings. Use another output folder, or delete this one to start over.")
+        raise TrainError(f"{path} belongs to a run with another {' and '.join(changed)}; continuing it would "
+                         f"mix two trainings. Use another output folder, or start over in this one with "
+                         f"--no-resume (or delete {path.parent}).")
 
 
 def _finished(path: Path, recipe: Recipe, options: LoopOptions) -> bool:
@@ -443,9 +468,12 @@ def _evaluate(model: nn.Module, dataset: SegDataset, device, max_images: int | N
 class _Log:
     """train_log.jsonl; a resumed run keeps the lines up to its checkpoint and appends."""
 
-    def __init__(self, path: Path, start: int):
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["iter"] <= start] \
-            if start and path.is_file() else []
+    def __init__(self, path: Path, start: int, notes: list[str]):
+        kept = []
+        if start and path.is_file():
+            entries, torn = _log_entries(path)
+            kept = [json.dumps(e) for e in entries if e["iter"] <= start]
+            notes.extend(torn)
         self.file = path.open("w")
         self.file.writelines(line + "\n" for line in kept)
 
@@ -457,7 +485,23 @@ class _Log:
         self.file.close()
 
 
-def read_log(path: str | Path) -> tuple[list[float], list[dict]]:
-    """The per-iteration losses and the evaluations of a training log."""
-    entries = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    return [e["loss"] for e in entries if "loss" in e], [e for e in entries if "eval" in e]
+def _log_entries(path: Path) -> tuple[list[dict], list[str]]:
+    """A log's entries and notes. A torn last line (the process died while writing it) is
+    dropped and noted; a bad line elsewhere is damage, an error naming the file and line."""
+    lines = Path(path).read_text().splitlines()
+    entries, notes = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise TrainError(f"{path}:{number}: not a log entry; the log is damaged: delete the folder "
+                                 "to start this training over") from None
+            notes.append(f"{path}:{number}: torn last line (an interrupted write) dropped")
+    return entries, notes
+
+
+def read_log(path: str | Path) -> tuple[list[float], list[dict], list[str]]:
+    """The per-iteration losses, the evaluations and notes (a dropped torn tail) of a training log."""
+    entries, notes = _log_entries(Path(path))
+    return [e["loss"] for e in entries if "loss" in e], [e for e in entries if "eval" in e], notes

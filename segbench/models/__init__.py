@@ -69,7 +69,9 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         close = fnmatch.filter(_REGISTRY, f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar names: {', '.join(close)}." if close else ""
-        raise KeyError(f"unknown model {name!r}; `segbench models` lists them.{hint}")
+        from segbench.errors import UnknownNameError
+
+        raise UnknownNameError(f"unknown model {name!r}; `segbench models` lists them.{hint}")
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)
     model.info = model.info.with_(name=name)
     return model
