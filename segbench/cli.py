@@ -54,7 +54,7 @@ def _progress(console: Console, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not enabled)
+                    console=console, transient=True, disable=not enabled or not console.is_terminal)
 
 
 def _summary_table(records: list[dict]) -> Table:
@@ -151,18 +151,8 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-def _eval_record(args, progress) -> dict:
-    """The record of `segbench eval`: a model's one-job suite, or a folder of predictions scored."""
-    import tempfile
-
-    from segbench.runner import predictions_record, run_single
-
-    if args.predictions:
-        advance = progress.add_task(f"eval {args.predictions}", total=None)
-        return predictions_record(args.dataset, args.root, args.split, Path(args.predictions), args.ids,
-                                  args.max_images, not args.no_size, args.bootstrap,
-                                  Path(args.out) if args.out else None,
-                                  lambda: progress.update(advance, advance=1))
+def _eval_suite(args):
+    """`segbench eval MODEL` as a one-job suite."""
     if args.checkpoint is not None and args.random_weights:
         raise UsageError("segbench eval: --checkpoint and --random-weights exclude each other")
     if args.checkpoint is None and not args.random_weights:
@@ -174,15 +164,15 @@ def _eval_record(args, progress) -> dict:
                   "per_image": bool(args.out), "batch_size": batch_size, "workers": args.workers,
                   "amp": args.amp, "compile": args.compile}
     model = {"arch": args.model, **({"checkpoint": args.checkpoint} if args.checkpoint else {"weights": "random"})}
-    suite = _single_suite("eval", args, model, _dataset_entry(args), evaluate=[evaluation])
-    with contextlib.ExitStack() as stack:
-        folder = Path(args.out).parent if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        return run_single(suite, folder, progress=progress)
+    return _single_suite("eval", args, model, _dataset_entry(args), evaluate=[evaluation])
 
 
 def cmd_eval(args) -> int:
+    import tempfile
+
     from segbench.data.datasets import DATASETS
     from segbench.results import write_record
+    from segbench.runner import predictions_record, run_single
 
     if (args.model is None) == (args.predictions is None):
         raise UsageError("segbench eval: give a model to run, or --predictions DIR to score, not both")
@@ -190,8 +180,16 @@ def cmd_eval(args) -> int:
         raise UsageError(f"segbench eval: --batch-size takes a positive number or 'auto', got {args.batch_size!r}")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"segbench eval: --max-images takes a positive number, got {args.max_images}")
-    with _progress(_console(), not args.json) as progress:
-        record = _eval_record(args, progress)
+    suite = _eval_suite(args) if args.model else None
+    with _progress(_console(), not args.json) as progress, tempfile.TemporaryDirectory() as scratch:
+        if suite is None:
+            task = progress.add_task(f"eval {args.predictions}", total=None)
+            record = predictions_record(args.dataset, args.root, args.split, Path(args.predictions), args.ids,
+                                        args.max_images, not args.no_size, args.bootstrap,
+                                        Path(args.out) if args.out else None,
+                                        lambda: progress.update(task, advance=1))
+        else:  # per-image counts go beside --out; without it, nowhere that stays
+            record = run_single(suite, Path(args.out).parent if args.out else Path(scratch), progress=progress)
     if args.out:
         write_record(Path(args.out), record)
     results = record["metrics"]

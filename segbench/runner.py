@@ -30,8 +30,8 @@ from segbench.data.datasets import DATASETS, DatasetError, build_dataset
 from segbench.devices import resolve_device
 from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
-from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, read_log, recipe_from_dict,
-                                   suite_recipe, train)
+from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, log_notes, read_log,
+                                   recipe_from_dict, suite_recipe, train)
 from segbench.errors import ResultsError, SegbenchError
 from segbench.identity import ID_VERSION, dataset_identity, file_sha256, job_id
 from segbench.locks import release, try_lock
@@ -228,7 +228,7 @@ class Runner:
                 ) if self.progress is not None else None
         out = out or self.results_dir / "train" / f"{job.model}-{job.id}"
         summary = train(model, dataset, recipe, out, self.device, options, eval_dataset, progress=show)
-        losses, evaluations, log_notes = read_log(summary.log)
+        losses, evaluations = read_log(summary.log)
         tail = losses[-max(len(losses) // 10, 1):]
         metrics = {"first_loss": losses[0] if losses else None,
                    "final_loss": sum(tail) / len(tail) if tail else None}
@@ -238,7 +238,7 @@ class Runner:
         return {"checkpoint": str(summary.checkpoint), "checkpoint_sha256": file_sha256(summary.checkpoint),
                 "recipe": asdict(recipe), "dataset": data["kind"], "split": spec.split, "metrics": metrics,
                 "train_log": str(summary.log), "resumed_from": summary.resumed_from,
-                "notes": notes + summary.notes + log_notes,
+                "notes": notes + summary.notes + log_notes(summary.log),
                 "timings": {"seconds": summary.seconds, "iterations": ran,
                             "seconds_per_iter": summary.seconds / ran if ran else None,
                             "data_wait_seconds": summary.data_seconds}}

@@ -148,10 +148,12 @@ class _Where:
         self.path, self.lines = path, lines
 
     def error(self, field_path: str, message: str) -> SuiteError:
-        line = self.lines.get(field_path)
+        full, line = field_path, self.lines.get(field_path)
         while line is None and "." in field_path:
             field_path = field_path.rsplit(".", 1)[0]
             line = self.lines.get(field_path)
+        if line is None:  # no lines (a suite built from a command's arguments): the whole field
+            field_path = full
         location = f"{self.path}:{line}" if line else self.path
         return SuiteError(f"{location}: {field_path}: {message}" if field_path else f"{location}: {message}")
 

@@ -42,7 +42,7 @@ def make_suite(tmp_path, name="tiny.yaml", results="results", recipe="scratch", 
 def test_job_ids_follow_the_resolved_recipe_not_the_loop_settings(tmp_path):
     base = plan(make_suite(tmp_path))[0]
     assert base.config["train"]["recipe"]["name"] == "scratch" and base.config["train"]["recipe"]["iters"] == 6
-    assert plan(make_suite(tmp_path, extra=", workers: 2, eval_every: 3"))[0].id == base.id
+    assert plan(make_suite(tmp_path, extra=", eval_every: 3, eval_split: train"))[0].id == base.id
     assert plan(make_suite(tmp_path, extra=", accumulate: 2"))[0].id != base.id
     assert plan(make_suite(tmp_path, recipe="setr_ade20k"))[0].id != base.id
 

@@ -501,7 +501,12 @@ def _log_entries(path: Path) -> tuple[list[dict], list[str]]:
     return entries, notes
 
 
-def read_log(path: str | Path) -> tuple[list[float], list[dict], list[str]]:
-    """The per-iteration losses, the evaluations and notes (a dropped torn tail) of a training log."""
-    entries, notes = _log_entries(Path(path))
-    return [e["loss"] for e in entries if "loss" in e], [e for e in entries if "eval" in e], notes
+def read_log(path: str | Path) -> tuple[list[float], list[dict]]:
+    """The per-iteration losses and the evaluations of a training log (a torn tail dropped:
+    ``log_notes`` says so)."""
+    entries, _ = _log_entries(Path(path))
+    return [e["loss"] for e in entries if "loss" in e], [e for e in entries if "eval" in e]
+
+
+def log_notes(path: str | Path) -> list[str]:
+    return _log_entries(Path(path))[1]
