@@ -102,7 +102,8 @@ def plan(suite: Suite) -> list[Job]:
         for key in spec.models or tuple(suite.models):
             weights, identity = _model_part(suite, key, spec.dataset, train_ids)
             config = {**weights, "dataset": asdict(suite.datasets[spec.dataset]), "eval": settings}
-            jobs.append(Job("eval", key, config, {**identity, **_eval_identity(suite, spec)},
+            previews = {"previews": spec.previews} if spec.previews else {}  # its record lists them: re-run to get them
+            jobs.append(Job("eval", key, config, {**identity, **_eval_identity(suite, spec), **previews},
                             needs=train_ids.get(key)))
     for spec in suite.corruption:
         # One job per (model, corruption, severity) and one on clean images. The grid and the
@@ -110,7 +111,9 @@ def plan(suite: Suite) -> list[Job]:
         grid = corruption_grid(spec.corruptions, spec.severities)
         settings = {k: v for k, v in asdict(spec).items()
                     if k not in ("models", "corruptions", "severities", "reference", "previews")}
-        evaluation = _eval_identity(suite, spec)
+        # a written cache and on-the-fly corruption are the same pixels by design, but the record
+        # says which was read: the choice is part of the id, the cache's path is not
+        evaluation = {**_eval_identity(suite, spec), "corrupted_images": "cache" if spec.root else "on_the_fly"}
         sweep = {"key": sweep_key(evaluation["dataset"], evaluation), "grid": grid, "reference": spec.reference}
         for key in spec.models or tuple(suite.models):
             weights, identity = _model_part(suite, key, spec.dataset, train_ids)

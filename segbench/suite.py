@@ -274,10 +274,11 @@ def _check_references(suite: Suite, where: _Where) -> None:
                 raise where.error(f"datasets.{name}.options.{option}", f"expected a positive integer, got {value!r}")
     if not suite.models:
         raise where.error("models", "no models: name at least one (`segbench models` lists the architectures)")
+    evaluated = {m for block in (*suite.evaluate, *suite.corruption) for m in block.models or suite.models}
     for name, spec in suite.models.items():
         if not is_model(spec.arch):
             raise where.error(f"models.{name}.arch", f"unknown model {spec.arch!r}; `segbench models` lists them")
-        _check_weights(name, spec, where)
+        _check_weights(name, spec, where, evaluated)
         if spec.train:
             _check_train(suite, name, spec, where)
     for i, spec in enumerate(suite.evaluate):
@@ -289,16 +290,17 @@ def _check_references(suite: Suite, where: _Where) -> None:
         _check_profile(suite, spec, f"profile[{i}]", where)
 
 
-def _check_weights(name: str, spec: ModelSpec, where: _Where) -> None:
-    """Where a model's weights come from must be said: a checkpoint, a training job, or
-    explicitly random ones (never random by omission: that gives a normal-looking mIoU row)."""
+def _check_weights(name: str, spec: ModelSpec, where: _Where, evaluated: set[str]) -> None:
+    """Where an evaluated model's weights come from must be said: a checkpoint, a training job,
+    or explicitly random ones (never random by omission: that gives a normal-looking mIoU row).
+    Profiling needs no weights."""
     path = f"models.{name}"
     given = [k for k in ("checkpoint", "train") if getattr(spec, k) is not None]
     if spec.weights not in (None, "random"):
         raise where.error(f"{path}.weights", f"the only value is 'random', got {spec.weights!r}")
     if spec.weights and given:
         raise where.error(f"{path}.weights", f"random weights and a {given[0]} exclude each other")
-    if not given and not spec.weights:
+    if not given and not spec.weights and name in evaluated:
         raise where.error(path, "no weights: give a `checkpoint`, a `train` block, or `weights: random` "
                                 "to evaluate untrained weights on purpose")
 

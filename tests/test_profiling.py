@@ -219,13 +219,13 @@ models:
   seg: {{arch: segformer_micro}}
   p32: {{arch: segmenter_micro_p32_linear}}
 profile:
-  - {{dataset: syn, runs: 2, warmup: 0, fvcore: false, {fields}}}
+  - {{dataset: syn, warmup: 0, fvcore: false, {fields}}}
 """
 
 
 def test_suite_profile_block_plans_and_writes_records(tmp_path):
     path = tmp_path / "cost.yaml"
-    path.write_text(SUITE.format(results=tmp_path / "results", fields="sizes: [64x64, 32x48], models: [seg]"))
+    path.write_text(SUITE.format(results=tmp_path / "results", fields="sizes: [64x64, 32x48], models: [seg], runs: 2"))
     suite = load_suite(path)
     jobs = [j for j in plan(suite) if j.kind == "profile"]
     assert [(j.model, j.config["profile"]["height"], j.config["profile"]["width"]) for j in jobs] == [

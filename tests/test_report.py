@@ -189,7 +189,7 @@ results: {results}
 datasets:
   syn: {{kind: synthetic, options: {{num_images: 3, image_size: 64}}}}
 models:
-  p32: {{arch: segmenter_micro_p32_linear}}
+  p32: {{arch: segmenter_micro_p32_linear, weights: random}}
 evaluate:
   - {{dataset: syn, protocol: single_scale, previews: {previews}, bootstrap: 0, size_breakdown: false}}
 """
@@ -203,7 +203,7 @@ def make_suite(tmp_path, previews: int):
 
 def test_previews_are_opt_in_and_leave_other_job_ids_alone(tmp_path):
     off, on = plan(make_suite(tmp_path, 0))[0], plan(make_suite(tmp_path, 2))[0]
-    assert "previews" not in off.config["eval"]  # ids of suites without previews are unchanged
+    assert "previews" not in off.identity  # ids of suites without previews are unchanged
     assert on.config["eval"]["previews"] == 2 and on.id != off.id
     bad = tmp_path / "bad.yaml"
     bad.write_text(SUITE.format(results=tmp_path, previews=-1))

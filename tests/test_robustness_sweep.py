@@ -16,6 +16,7 @@ from segbench.results import load_records
 from segbench.robustness.corruptions import corruption_grid, generate
 from segbench.engine.evaluate import evaluate
 from segbench.robustness.sweep import CorruptedDataset, collect_sweeps
+from segbench.results import record_path
 from segbench.runner import plan, run_suite
 from segbench.suite import SuiteError, load_suite
 
@@ -87,7 +88,7 @@ def test_a_sweep_interrupted_and_restarted_recomputes_no_finished_cell(tmp_path,
     run_suite(suite)
     assert calls == []  # everything finished: nothing recomputed
 
-    r = json.loads((suite.results_dir / f"{records[4]['job_id']}.json").read_text())  # model a, contrast 3
+    r = json.loads(record_path(suite.results_dir, records[4]["job_id"], "a").read_text())  # model a, contrast 3
     assert (r["kind"], r["model"], r["corruption"], r["severity"]) == ("corruption", "a", "contrast", 3)
     assert r["sweep"]["grid"] == {"gaussian_noise": [1, 3], "contrast": [1, 3]} and r["sweep"]["reference"] == "b"
     assert r["timings"]["images"] == 2 and r["source"] == "on_the_fly" and 0 <= r["metrics"]["mIoU"] <= 100

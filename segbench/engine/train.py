@@ -43,7 +43,7 @@ from segbench.models import create_model
 from segbench.models.checkpoints import read_file, save_checkpoint
 
 
-class TrainError(SegbenchError):
+class TrainError(SegbenchError, ValueError):
     """A training output folder that cannot be used for this run (a file, another run's)."""
 
 
