@@ -7,12 +7,16 @@ in reports instead of silently missing.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import socket
 import subprocess
 import tempfile
+import types
+import typing
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -88,6 +92,11 @@ def load_records(results_dir: str | os.PathLike) -> list[dict]:
         except RecordFormatError:
             continue
     records = [r for r in records if isinstance(r, dict) and "job_id" in r and "schema" in r]
+    older = [r for r in records if r["schema"] != SCHEMA_VERSION]
+    if older:
+        raise ResultsError(f"{results_dir}: {len(older)} records (e.g. job {older[0]['job_id']}) have record schema "
+                           f"{older[0]['schema']}, this segbench reads schema {SCHEMA_VERSION} (README: Records); "
+                           "re-run their suite into a new folder, or read them with the segbench that wrote them")
     return sorted(records, key=lambda r: r.get("finished") or "")
 
 
@@ -156,3 +165,106 @@ def environment(device: str) -> dict:
 def new_record(job_id: str, suite: str, kind: str, **fields) -> dict:
     return {"schema": SCHEMA_VERSION, "id_version": ID_VERSION, "job_id": job_id, "suite": suite, "kind": kind,
             **fields}
+
+
+# --- the record schema -----------------------------------------------------------------
+# One dataclass per record kind: the fields a record of that kind always has (more may
+# follow, e.g. a sweep cell's `preview`). `runner` validates every record before writing
+# it; readers get `schema` checked (``load_records``).
+
+@dataclass(frozen=True)
+class Record:
+    schema: int  # SCHEMA_VERSION
+    id_version: int  # segbench.identity.ID_VERSION: how job_id was computed
+    job_id: str
+    suite: str  # "" for a command's one-job suite
+    kind: str  # train | eval | corruption | profile
+    model: str  # the suite's name for the model
+    arch: str | None  # its registry name (None: scored predictions)
+    status: str  # ok | error
+    dataset: str  # dataset kind, e.g. "ade20k"
+    split: str | None  # e.g. "val" (None: profile records, which read no data)
+    finished: str
+    env: dict
+
+
+@dataclass(frozen=True)
+class ErrorRecord(Record):
+    error: dict  # type, message, traceback
+
+
+@dataclass(frozen=True)
+class TrainRecord(Record):
+    checkpoint: str
+    checkpoint_sha256: str
+    recipe: dict
+    metrics: dict  # first_loss, final_loss, val_* of the last periodic evaluation
+    train_log: str
+    resumed_from: int
+    notes: list
+    timings: dict
+
+
+@dataclass(frozen=True)
+class EvalRecord(Record):
+    metrics: dict  # mIoU, mAcc, aAcc, IoU, per_image, mIoU_ci, size...
+    random_weights: bool  # untrained weights, on purpose: reports must say so beside the row
+    per_image_file: str | None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    checkpoint_load: dict | None = None  # how the checkpoint loaded (format, ignored / missing keys)
+    protocol_name: str | None = None  # None: scored predictions
+    protocol: dict | None = None
+    timings: dict | None = None
+
+
+@dataclass(frozen=True)
+class CorruptionRecord(EvalRecord):
+    corruption: str = ""
+    severity: int = 0
+    sweep: dict | None = None
+
+
+@dataclass(frozen=True)
+class ProfileRecord(Record):
+    input: dict
+    metrics: dict
+    profile: dict
+
+
+RECORD_KINDS = {"train": TrainRecord, "eval": EvalRecord, "corruption": CorruptionRecord, "profile": ProfileRecord}
+
+
+def _fits(value, hint) -> bool:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        return type(None) in options
+    return any(isinstance(value, o) and not (o is int and isinstance(value, bool)) for o in options
+               if o is not type(None))
+
+
+def record_problems(record: dict) -> list[str]:
+    """What in ``record`` does not fit its kind's schema (empty: it fits)."""
+    if not isinstance(record, dict):
+        return ["not a JSON object"]
+    if record.get("schema") != SCHEMA_VERSION:
+        return [f"schema {record.get('schema')!r}, this segbench reads schema {SCHEMA_VERSION}"]
+    kind = record.get("kind")
+    if kind not in RECORD_KINDS:
+        return [f"kind {kind!r} is none of {', '.join(RECORD_KINDS)}"]
+    cls = ErrorRecord if record.get("status") == "error" else RECORD_KINDS[kind]
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for f in dataclasses.fields(cls):
+        if f.name not in record:
+            if f.default is dataclasses.MISSING:
+                problems.append(f"no field {f.name!r}")
+        elif not _fits(record[f.name], hints[f.name]):
+            problems.append(f"{f.name}: {record[f.name]!r} is not {hints[f.name]}")
+    return problems
+
+
+def validate_record(record: dict, where: str = "record") -> None:
+    problems = record_problems(record)
+    if problems:
+        raise RecordFormatError(f"{where}: does not fit the record schema {SCHEMA_VERSION}: {'; '.join(problems)}")

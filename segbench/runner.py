@@ -41,7 +41,7 @@ from segbench.models.checkpoints import load_model
 from segbench.profiling import parse_size, profile_model
 from segbench.report.previews import PreviewWriter
 from segbench.results import (check_writable, environment, new_record, now, read_record, record_path,
-                              write_record)
+                              validate_record, write_record)
 from segbench.robustness.corruptions import corruption_grid, grid_cells
 from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
 from segbench.suite import Suite, locate, missing_files
@@ -354,7 +354,7 @@ class Runner:
         """Run one job (``options``: run_train's); its record, ``status`` ok or error. ``strict``
         (a command's single job): an exception propagates instead of becoming an error record."""
         base = new_record(job.id, self.suite.name, job.kind, model=job.model, arch=job.config["arch"],
-                          config=job.config, identity=job.identity, **job.meta, started=now())
+                          **dataset_fields(job), config=job.config, identity=job.identity, **job.meta, started=now())
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = {"train": self.run_train, "eval": self.run_eval, "corruption": self.run_corruption,
@@ -369,6 +369,7 @@ class Runner:
         # wall_seconds to what the job takes on an idle one
         record.update(finished=now(), wall_seconds=time.perf_counter() - start,
                       cpu_seconds=time.process_time() - cpu_start, env=environment(self.device))
+        validate_record(record, f"the record of job {job.id}")  # a misfit is a bug here, not in the input
         return record
 
     def _task(self, description: str, total: int):
@@ -377,6 +378,15 @@ class Runner:
     def _advance(self, task, **kwargs) -> None:
         if self.progress is not None and task is not None:
             self.progress.update(task, advance=1, **kwargs)
+
+
+def dataset_fields(job: Job) -> dict:
+    """``dataset`` (the kind) and ``split``, fields of their own in every kind of record."""
+    config = job.config
+    if job.kind == "profile":
+        return {"dataset": config["dataset"], "split": None}
+    split = config["train"]["split"] if job.kind == "train" else config["eval"]["split"]
+    return {"dataset": config["dataset"]["kind"], "split": split}
 
 
 def find_record(results_dir: Path, job_id_: str) -> dict | None:
@@ -515,7 +525,10 @@ def predictions_record(kind: str, root: str | None, split: str, folder: Path, id
         sidecar = Path(out).with_name(f"{Path(out).stem}.per_image.npz")
         if dist.is_main():
             save_per_image(sidecar, evaluators[0].per_image, dataset.classes)
-    return new_record(job_id("predictions", identity), "", "eval", model=str(folder), arch=None, identity=identity,
-                      predictions=str(folder), **scored, dataset=kind, split=split, random_weights=False,
-                      metrics=collect_results(evaluators), per_image_file=sidecar.name if sidecar else None,
-                      status="ok", finished=now(), env=environment("cpu"))
+    record = new_record(job_id("predictions", identity), "", "eval", model=str(folder), arch=None,
+                        identity=identity, predictions=str(folder), **scored, dataset=kind, split=split,
+                        random_weights=False, metrics=collect_results(evaluators),
+                        per_image_file=sidecar.name if sidecar else None, status="ok", finished=now(),
+                        env=environment("cpu"))
+    validate_record(record, "the record of these predictions")
+    return record

@@ -403,3 +403,44 @@ def test_every_user_error_class_is_a_segbench_error():
     for cls in (SuiteError, DatasetError, CheckpointError, CorruptionError, CheckError, DeviceError, TrainError,
                 ResultsError, runner.NonFiniteLogits):
         assert issubclass(cls, SegbenchError), cls
+
+
+# --- records as a schema ---------------------------------------------------------------
+
+def test_every_record_kind_fits_its_schema(tmp_path, capsys):
+    from segbench.results import SCHEMA_VERSION, load_records, record_problems, validate_record
+
+    suite = """\
+name: kinds
+device: cpu
+results: {results}
+datasets:
+  syn: {{kind: synthetic, options: {{num_images: 2, image_size: 32}}}}
+models:
+  t: {{arch: {arch}, train: {{dataset: syn, iters: 1, batch_size: 1, crop_size: 32, workers: 0}}}}
+  r: {{arch: {arch}, weights: random}}
+evaluate:
+  - {{dataset: syn, max_images: 1, bootstrap: 0}}
+corruption:
+  - {{dataset: syn, max_images: 1, bootstrap: 0, corruptions: [fog], severities: [1], models: [r]}}
+profile:
+  - {{dataset: syn, sizes: [32x32], runs: 1, warmup: 0, fvcore: false, pipeline: false, models: [r]}}
+"""
+    path = tmp_path / "kinds.yaml"
+    path.write_text(suite.format(results=tmp_path / "r", arch=ARCH))
+    records = run_suite(load_suite(path))
+    assert {r["kind"] for r in records} == {"train", "eval", "corruption", "profile"}
+    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    for record in load_records(tmp_path / "r"):
+        assert record_problems(record) == [] and record["schema"] == SCHEMA_VERSION
+        assert "/" not in record["dataset"] and record["dataset"] == "synthetic"
+    (tmp_path / "scores").mkdir()
+    assert main(["eval", "--predictions", str(tmp_path / "scores"), "--dataset", "synthetic"]) == 2  # no PNGs
+    broken = {**records[1], "random_weights": "no"}
+    del broken["metrics"]
+    with pytest.raises(SegbenchError, match=r"no field 'metrics'; random_weights: 'no' is not <class 'bool'>"):
+        validate_record(broken)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "x.json").write_text(json.dumps({**records[0], "schema": 1}))
+    with pytest.raises(ResultsError, match=r"record schema 1, this segbench reads schema 2"):
+        load_records(tmp_path / "old")
