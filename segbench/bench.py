@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.data.datasets import Synthetic
 from segbench.engine.evaluate import evaluate, paper_protocol, standard_evaluators
-from segbench.engine.inference import AMP_DTYPES
+from segbench.devices import AMP_DTYPES, device_name, synchronize
 from segbench.models import create_model
 from segbench.models.segformer import convert_hf_state_dict, segformer_from_hf_config
 from segbench.models.segmenter import map_to_tokens
@@ -70,11 +70,6 @@ class Settings:
 def quick_settings(**overrides) -> Settings:
     """Small enough for a CPU in about a minute: 256 x 256, 3 rounds, micro pipelines."""
     return Settings(**{"size": 256, "rounds": 3, "images": 2, "pipeline_models": QUICK_PIPELINE_MODELS, **overrides})
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _runner(fn, settings: Settings):
@@ -238,10 +233,10 @@ class ForwardTimer(nn.Module):
         self.seconds, self.calls = 0.0, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _sync(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         out = self.run(x)
-        _sync(self.device)
+        synchronize(self.device)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return out
@@ -279,8 +274,6 @@ def bench_pipeline(name: str, settings: Settings) -> dict:
 
 def run_bench(settings: Settings, progress=None) -> dict:
     """Every comparison of the module docstring; ``progress(text)`` is called before each."""
-    import platform
-
     step = progress or (lambda text: None)
     device = torch.device(settings.device)
     load_before = os.getloadavg()
@@ -297,8 +290,6 @@ def run_bench(settings: Settings, progress=None) -> dict:
     for name in settings.pipeline_models:
         step(f"evaluation pipeline: {name}")
         pipelines.append(bench_pipeline(name, settings))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        (platform.processor() or platform.machine())
-    return {"settings": asdict(settings), "torch": torch.__version__, "device_name": device_name,
+    return {"settings": asdict(settings), "torch": torch.__version__, "device_name": device_name(device),
             "threads": torch.get_num_threads(), "load_average": {"before": load_before, "after": os.getloadavg()},
             "matmul": rate, "comparisons": comparisons, "pipelines": pipelines}

@@ -40,5 +40,20 @@ def resolve_device(name: str, where: str = "--device") -> str:
 
 def synchronize(device) -> None:
     """Wait for queued kernels, so a timer around it measures the work, not the launch."""
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device) -> str:
+    """The GPU's name, or the CPU's as the platform reports it."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+# Mixed precision, in the vocabulary of `--amp` / `amp:` (evaluation and training).
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

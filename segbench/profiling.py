@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segbench.devices import device_name, synchronize
 from segbench.models import create_model, reference_paths
 
 MB = 2 ** 20
@@ -216,11 +217,6 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 # --- timing -----------------------------------------------------------------------------
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _autocast(device: torch.device, amp: bool):
     # float16 on CUDA (what the papers' V100 numbers would use under AMP); CPUs autocast to bfloat16
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -232,7 +228,7 @@ def time_calls(fn, device: torch.device, warmup: int, runs: int) -> list[float]:
     CUDA events on a CUDA device (synchronised after each call), perf_counter on CPU."""
     for _ in range(warmup):
         fn()
-    _synchronize(device)
+    synchronize(device)
     samples = []
     for _ in range(runs):
         if device.type == "cuda":
@@ -368,7 +364,7 @@ def profile_model(arch: str, num_classes: int, height: int, width: int, *, devic
         timer = f"{clock} around each forward"
         counters["latency_ms"] = f"{timer}: median of {runs} forwards of {batch_size} image(s) after {warmup} warm-up"
         counters["peak_memory_mb"] = f"{memory['kind']} during the timed forwards"
-        profile["latency"] = {"device": str(torch_device), "device_name": _device_name(torch_device),
+        profile["latency"] = {"device": str(torch_device), "device_name": device_name(torch_device),
                               "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
                               "batch_size": batch_size, "batch_search": search, "samples_ms": samples,
                               "timer": timer}
@@ -383,10 +379,3 @@ def profile_model(arch: str, num_classes: int, height: int, width: int, *, devic
                       "channels_last": channels_last},
             "metrics": metrics, "profile": profile}
 
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return platform.processor() or platform.machine()

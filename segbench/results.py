@@ -144,6 +144,8 @@ def environment(device: str) -> dict:
     import timm
     import torch
 
+    from segbench.devices import device_name
+
     env = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -153,11 +155,10 @@ def environment(device: str) -> dict:
         "numpy": np.__version__,
         "threads": torch.get_num_threads(),
         "device": device,
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "git_sha": git_sha(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
         env["cuda"] = torch.version.cuda
     return env
 

@@ -190,8 +190,8 @@ def test_committed_quickstart_baseline_passes_and_catches_a_two_point_drop(tmp_p
     evaluation = next(p for p in sorted(current.glob("*.json")) if json.loads(p.read_text())["kind"] == "eval")
     doctor(current, evaluation.stem, miou_drop=2.0)
     result = check(current, QUICKSTART_BASELINE, tolerances)
-    assert not result.ok and [(f.current["job_id"], f.metric) for f in result.regressions] == [(evaluation.stem,
-                                                                                               "mIoU")]
+    job_id = json.loads(evaluation.read_text())["job_id"]  # files are <job id>.<model>.json
+    assert not result.ok and [(f.current["job_id"], f.metric) for f in result.regressions] == [(job_id, "mIoU")]
 
 
 def test_rules_can_differ_by_record_kind(tmp_path):

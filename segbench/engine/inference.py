@@ -217,7 +217,7 @@ class Autocast(nn.Module):
             return self.model(x).float()
 
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from segbench.devices import AMP_DTYPES  # noqa: E402  (one vocabulary for every amp setting)
 
 
 def inference_model(model: nn.Module, amp: str | None = None, compile: bool = False) -> nn.Module:

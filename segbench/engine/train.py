@@ -39,6 +39,7 @@ from segbench import dist
 from segbench.data.datasets import IGNORE_INDEX, SegDataset
 from segbench.errors import SegbenchError
 from segbench.data.loader import IterationBatches, loader
+from segbench.devices import AMP_DTYPES
 from segbench.models import create_model
 from segbench.models.checkpoints import read_file, save_checkpoint
 
@@ -286,7 +287,6 @@ class TrainSummary:
     notes: list[str] = field(default_factory=list)
 
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FILE, FINAL_FILE, LOG_FILE = "last.pth", "final.pth", "train_log.jsonl"
 
 
