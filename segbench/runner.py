@@ -437,7 +437,7 @@ def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1)
     runner = Runner(suite, device, results_dir, console, progress)
     overall = progress.add_task("jobs", total=len(jobs)) if progress else None
     records: dict[int, dict] = {}
-    pending = list(range(len(jobs)))
+    pending, waiting = list(range(len(jobs))), False
     while pending:
         held, deferred = set(), []
         for index in pending:
@@ -451,6 +451,10 @@ def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1)
             if progress is not None:
                 progress.update(overall, advance=1)
         if deferred and len(deferred) == len(pending):
+            if console is not None and not waiting:
+                console.print(f"waiting for {len(deferred)} job(s) another process is running "
+                              f"(locks in {results_dir / '.locks'})")
+            waiting = True
             time.sleep(LOCK_POLL_SECONDS)
         pending = deferred
     return [records[i] for i in range(len(jobs))]
