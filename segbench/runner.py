@@ -31,7 +31,7 @@ from segbench.devices import resolve_device
 from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
 from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, log_notes, read_log,
-                                   recipe_from_dict, suite_recipe, train)
+                                   recipe_from_dict, recipe_notes, suite_recipe, train)
 from segbench.errors import ResultsError, SegbenchError
 from segbench.identity import ID_VERSION, dataset_identity, file_sha256, job_id
 from segbench.locks import release, try_lock
@@ -222,7 +222,7 @@ class Runner:
             if spec.eval_every else None
         recipe = recipe_from_dict(config["train"]["recipe"])
         model = build_model(config["arch"], config["num_classes"], recipe, seed=config["seed"])
-        notes = initialise_encoder(model, spec.encoder_init) if spec.encoder_init else []
+        notes = recipe_notes(recipe) + (initialise_encoder(model, spec.encoder_init) if spec.encoder_init else [])
         options = LoopOptions(seed=config["seed"], accumulate=spec.accumulate, amp=spec.amp, workers=spec.workers,
                               checkpoint_every=spec.checkpoint_every, eval_every=spec.eval_every,
                               eval_max_images=spec.eval_max_images, resume=resume)

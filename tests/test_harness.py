@@ -129,6 +129,10 @@ def test_zero_iterations_and_short_runs(tmp_path, capsys):
     # below the warm-up: the warm-up keeps its share of the schedule (scratch: 100 of 800), stated in the recipe
     recipe = resolve_recipe("scratch", "segformer", "synthetic", 128, iters=50)
     assert recipe.warmup_iters == 6 and resolve_recipe("scratch", "segformer", "synthetic", 128).warmup_iters == 100
+    assert main(["train", ARCH, "--dataset", "synthetic", "--iters", "2", "--batch-size", "1", "--crop-size", "32",
+                 "--workers", "0", "--out", str(tmp_path / "short"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["recipe"]["warmup_iters"] == 0 and "warm-up scaled to 0 of 2 iterations" in record["notes"][0]
 
 
 def test_nan_logits_are_an_error_record_naming_the_model(tmp_path):

@@ -170,6 +170,15 @@ def resolve_recipe(name: str | None, family: str, dataset_kind: str, model_crop:
     return replace(recipe, **overrides)
 
 
+def recipe_notes(recipe: Recipe) -> list[str]:
+    """What the record should say about a recipe changed beyond its overrides (a scaled warm-up)."""
+    named = RECIPES.get(recipe.name)
+    if named is None or recipe.warmup_iters == named.warmup_iters:
+        return []
+    return [f"warm-up scaled to {recipe.warmup_iters} of {recipe.iters} iterations: {recipe.name}'s "
+            f"{named.warmup_iters} of {named.iters} would outlast the run"]
+
+
 def suite_recipe(spec, dataset_kind: str) -> Recipe:
     """The recipe of a suite's model entry (a ``suite.ModelSpec`` with a ``train:`` block)."""
     from segbench.data.datasets import DATASETS
@@ -243,7 +252,7 @@ def initialise_encoder(model: nn.Module, path: str | Path) -> list[str]:
     from segbench.models.checkpoints import init_encoder_from_imagenet
 
     if model.info.family not in ("segmenter", "setr"):
-        raise ValueError(f"encoder_init: ImageNet weights load into ViT encoders (Segmenter, SETR); "
+        raise TrainError(f"encoder_init: ImageNet weights load into ViT encoders (Segmenter, SETR); "
                          f"not supported for {model.info.family} yet")
     report = init_encoder_from_imagenet(model, path)
     return [f"encoder initialised from {path}: {report.summary()}", *report.notes]
@@ -304,8 +313,9 @@ def train(model: nn.Module, dataset: SegDataset, recipe: Recipe, out: str | Path
     world, rank = dist.world_size(), dist.rank()
     micro, rest = divmod(recipe.batch_size, world * options.accumulate)
     if rest or not micro:
-        raise ValueError(f"batch size {recipe.batch_size} does not split into {world} process(es) x "
-                         f"{options.accumulate} accumulation step(s)")
+        raise TrainError(f"batch size {recipe.batch_size} does not split into {world} process(es) x "
+                         f"{options.accumulate} accumulation step(s); choose a multiple of "
+                         f"{world * options.accumulate}")
     if options.amp not in (None, *AMP_DTYPES):
         raise ValueError(f"amp must be bf16 or fp16, got {options.amp!r}")
     if out.exists() and not out.is_dir():
