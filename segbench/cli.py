@@ -71,7 +71,9 @@ def _summary_table(records: list[dict]) -> Table:
         kind = f"{r['kind']} {r['corruption']}-{r['severity']}" if r["kind"] == "corruption" else r["kind"]
         if r["kind"] == "profile":
             kind = f"profile {r['config']['profile']['height']}x{r['config']['profile']['width']} {r['config']['device']}"
-        table.add_row(r["job_id"][:8], kind, r["model"], r.get("dataset", ""), r.get("protocol_name", ""),
+        model = f"{r['model']} [yellow](random weights)[/yellow]" if r.get("random_weights") else r["model"]
+        where = "/".join(p for p in (r.get("dataset"), r.get("split")) if p)
+        table.add_row(r["job_id"][:8], kind, model, where, r.get("protocol_name") or "",
                       f"{miou:.2f}" if isinstance(miou, float) else "", f"{macc:.2f}" if isinstance(macc, float) else "",
                       status)
     return table
