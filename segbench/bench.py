@@ -274,6 +274,13 @@ def bench_pipeline(name: str, settings: Settings) -> dict:
 
 def run_bench(settings: Settings, progress=None) -> dict:
     """Every comparison of the module docstring; ``progress(text)`` is called before each."""
+    import importlib.util
+
+    from segbench.errors import UsageError
+
+    if importlib.util.find_spec("transformers") is None:  # found before anything is timed
+        raise UsageError("segbench bench times segbench against HF transformers, which is not installed: "
+                         "pip install 'segbench[test]' (or transformers>=4.40)")
     step = progress or (lambda text: None)
     device = torch.device(settings.device)
     load_before = os.getloadavg()

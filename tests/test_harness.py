@@ -448,3 +448,12 @@ profile:
     (tmp_path / "old" / "x.json").write_text(json.dumps({**records[0], "schema": 1}))
     with pytest.raises(ResultsError, match=r"record schema 1, this segbench reads schema 2"):
         load_records(tmp_path / "old")
+
+
+def test_bench_without_transformers_names_the_extra(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    assert main(["bench", "--quick"]) == 2
+    assert "pip install 'segbench[test]'" in capsys.readouterr().err
