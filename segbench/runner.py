@@ -272,7 +272,10 @@ class Runner:
         if not record or record.get("status") != "ok":
             raise RuntimeError(f"training job {job.needs} of model {job.model!r} did not finish; "
                                "its record says why")
-        return Path(record["checkpoint"])
+        path = Path(record["checkpoint"])
+        # The record holds the path as the training run saw it (its cwd, its mount); the runner's
+        # own layout under the results folder finds it from anywhere else.
+        return path if path.is_file() else self.results_dir / "train" / path.parent.name / path.name
 
     def protocol_for(self, model, dataset, spec: dict) -> Protocol:
         protocol = paper_protocol(model.info, dataset, multi_scale=spec["protocol"] == "multi_scale")

@@ -457,3 +457,15 @@ def test_bench_without_transformers_names_the_extra(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
     assert main(["bench", "--quick"]) == 2
     assert "pip install 'segbench[test]'" in capsys.readouterr().err
+
+
+def test_a_trained_checkpoint_is_found_from_another_cwd_through_the_results_folder(tmp_path, monkeypatch):
+    train = f"  t: {{arch: {ARCH}, train: {{dataset: syn, iters: 1, batch_size: 1, crop_size: 32, workers: 0}}}}"
+    first = write_suite(tmp_path / "a", train, "results")
+    monkeypatch.chdir(tmp_path / "a")
+    assert [r["status"] for r in run_suite(load_suite(first))] == ["ok", "ok"]
+    grown = write_suite(tmp_path / "b", train, "../a/results", evaluate=", split: train")  # a new eval job
+    monkeypatch.chdir(tmp_path / "b")
+    records = run_suite(load_suite(grown))
+    assert [(r["kind"], r.get("skipped", False), r["status"]) for r in records] == [("train", True, "ok"),
+                                                                                  ("eval", False, "ok")]
