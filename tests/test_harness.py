@@ -469,3 +469,30 @@ def test_a_trained_checkpoint_is_found_from_another_cwd_through_the_results_fold
     records = run_suite(load_suite(grown))
     assert [(r["kind"], r.get("skipped", False), r["status"]) for r in records] == [("train", True, "ok"),
                                                                                   ("eval", False, "ok")]
+
+
+def test_cli_eval_records_the_checkpoint_load_report_and_refuses_no_images(tmp_path, capsys):
+    weights = checkpoint(tmp_path / "a.pth", 0)
+    assert main(["eval", ARCH, "--dataset", "synthetic", "--checkpoint", weights, "--max-images", "0"]) == 2
+    assert "--max-images takes a positive number, got 0" in capsys.readouterr().err
+    assert main(["eval", ARCH, "--dataset", "synthetic", "--checkpoint", weights, "--max-images", "1",
+                 "--bootstrap", "0", "--no-size", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["checkpoint_load"]["format"] == "segbench-v1" and record["checkpoint_load"]["complete"] is True
+    assert record["random_weights"] is False and record["checkpoint_sha256"]
+
+
+def test_checkpoint_hashes_are_cached_per_path_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+
+    from segbench import identity
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 1000)
+    reads = []
+    real = hashlib.sha256
+    monkeypatch.setattr(identity.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
+    first = identity.file_sha256(path)
+    assert identity.file_sha256(path) == first and len(reads) == 1  # a sweep's hundred cells: one read
+    path.write_bytes(b"b" * 1000)  # same size, rewritten in place
+    assert identity.file_sha256(path) == real(b"b" * 1000).hexdigest() and len(reads) == 2
