@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from segbench import dist
-from segbench.data.datasets import DATASETS, DatasetError, build_dataset
+from segbench.data.datasets import DatasetError, build_dataset, dataset_classes
 from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
 from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, read_log, recipe_from_dict,
@@ -51,7 +51,8 @@ class Job:
 
 
 def num_classes_of(suite: Suite, dataset_key: str) -> int:
-    return len(DATASETS[suite.datasets[dataset_key].kind].classes)
+    spec = suite.datasets[dataset_key]
+    return len(dataset_classes(spec.kind, spec.root, spec.options))
 
 
 def plan(suite: Suite) -> list[Job]:
