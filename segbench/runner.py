@@ -64,7 +64,7 @@ def plan(suite: Suite) -> list[Job]:
             continue
         t = spec.train
         num_classes = spec.num_classes or num_classes_of(suite, t.dataset)
-        recipe = suite_recipe(spec, suite.datasets[t.dataset].kind)
+        recipe = suite_recipe(spec, suite.datasets[t.dataset].kind, num_classes)
         # What decides the weights: the resolved recipe (so a changed recipe retrains), and the
         # loop settings that change the numbers; not workers, checkpoint or evaluation intervals.
         changes = {k: v for k, v in (("accumulate", t.accumulate if t.accumulate != 1 else None), ("amp", t.amp),

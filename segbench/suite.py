@@ -284,6 +284,7 @@ def _check_references(suite: Suite, where: _Where) -> None:
 
 
 def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> None:
+    from segbench.data.datasets import dataset_classes
     from segbench.engine.train import suite_recipe
 
     train, path = spec.train, f"models.{name}.train"
@@ -295,8 +296,10 @@ def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> Non
             raise where.error(f"{path}.{field_name}", f"must be positive, got {value}")
     if train.amp not in (None, "bf16", "fp16"):
         raise where.error(f"{path}.amp", f"mixed precision is bf16 or fp16, got {train.amp!r}")
+    data = suite.datasets[train.dataset]
+    num_classes = len(dataset_classes(data.kind, data.root, data.options))
     try:
-        suite_recipe(spec, suite.datasets[train.dataset].kind)
+        suite_recipe(spec, data.kind, num_classes)
     except ValueError as exc:
         raise where.error(f"{path}.recipe", str(exc)) from None
 

@@ -134,7 +134,9 @@ def _import_factory(source: Source):
             path = (source.base / target).resolve()
             if not path.is_file():
                 raise source.error(f"arch {source.arch!r}: no file {path}")
-            module_name = f"segbench_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{path.stem}"
+            # one module per file version: an edited file is imported again, an unchanged one once
+            version = f"{path}:{path.stat().st_mtime_ns}".encode()
+            module_name = f"segbench_user_{hashlib.sha256(version).hexdigest()[:12]}_{path.stem}"
             module = sys.modules.get(module_name)
             if module is None:
                 spec = importlib.util.spec_from_file_location(module_name, path)
