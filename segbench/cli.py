@@ -748,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, SuiteError, DatasetError, CheckpointError, CorruptionError, KeyError,
+    except (SegbenchError, UsageError, SuiteError, DatasetError, CheckpointError, CorruptionError, KeyError,
             FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"segbench: error: {message}", file=sys.stderr)

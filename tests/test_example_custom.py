@@ -61,7 +61,10 @@ def test_example_suite_runs_every_stage_reports_and_gates(example, tmp_path, cap
     shutil.copytree(results, baseline)
     assert main(["run", str(suite), "--force", "--json"]) == 0
     capsys.readouterr()
-    tolerances = Path(__file__).resolve().parents[1] / "baselines" / "tolerances.yaml"
+    tolerances = tmp_path / "tolerances.yaml"  # the accuracy and cost rules of baselines/tolerances.yaml; timings
+    tolerances.write_text("metrics:\n"  # on a shared test machine are left out
+                          "  mIoU: [{drop: 1.0, kinds: [eval]}, {drop: 2.5, kinds: [corruption]}]\n"
+                          "  params: {change: 0}\n  macs: {change_pct: 0.1}\n")
     assert main(["check", str(results), "--baseline", str(baseline), "--tolerances", str(tolerances)]) == 0
     record = next(p for p in baseline.glob("*.json") if json.loads(p.read_text())["kind"] == "eval")
     doctored = json.loads(record.read_text())
@@ -69,3 +72,30 @@ def test_example_suite_runs_every_stage_reports_and_gates(example, tmp_path, cap
     record.write_text(json.dumps(doctored))
     assert main(["check", str(results), "--baseline", str(baseline), "--tolerances", str(tolerances)]) == 1
     assert time.perf_counter() - start < 60
+
+
+def test_example_model_with_compare_corrupt_cache_and_the_command_line(example, tmp_path, capsys):
+    suite, results = example
+    data = Path(os.environ["SHAPES_DATA"])
+    assert main(["corrupt", "folder", "--root", str(data), "--out", str(tmp_path / "corrupt"),
+                 "--corruptions", "gaussian_noise", "--severities", "1", "--workers", "0", "--json"]) == 0
+    text = suite.read_text()
+    text = text.replace("corruptions: [gaussian_noise], severities: [1]",
+                        f"corruptions: [gaussian_noise], severities: [1], root: {tmp_path / 'corrupt'}")
+    text = text[:text.index("profile:")]
+    suite.write_text(text)
+    assert main(["run", str(suite), "--json"]) == 0
+    capsys.readouterr()
+    records = load_records(results)
+    noisy = next(r for r in records if r["kind"] == "corruption" and r["corruption"] == "gaussian_noise")
+    assert str(tmp_path / "corrupt") in noisy["source"]  # read from the cache, checked against its manifest
+    evals = sorted((p for p in results.glob("*.json") if json.loads(p.read_text())["kind"] == "eval"), key=str)
+    assert main(["compare", str(evals[0]), str(evals[1]), "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert compared["images"] == 3 and 0 <= compared["p_value"] <= 1
+
+    # MODEL on the command line: relative to the working directory; the class count from the classes file
+    os.chdir(suite.parent)
+    assert main(["eval", "model.py:build_model", "--dataset", "folder", "--root", str(data),
+                 "--out", str(tmp_path / "cli.json")]) == 2  # no protocol settings: the model's info lacks test_mode
+    assert "protocol.test_mode" in capsys.readouterr().err

@@ -88,6 +88,9 @@ def source_of(name: str) -> Source:
 def create(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build a user model (random or factory-initialised weights), with ``model.info`` and checked forwards."""
     source = source_of(name)
+    if num_classes < 1:
+        raise source.error(f"asked to build it for {num_classes} classes; give the class count (a folder "
+                           "dataset's is its classes file's; on the command line, --num-classes)")
     if source.arch.startswith(HF_PREFIX):
         model, found = _build_hf(source, num_classes)
     else:
@@ -104,9 +107,11 @@ def load(name: str, checkpoint, num_classes: int, allow_partial: bool = False):
     ``state_dict`` file (``{"state_dict": ...}`` or the bare mapping), read without pickle."""
     from segbench.models.checkpoints import SEGBENCH_FORMAT, CheckpointError, _is_state_dict, load_state_dict, read_file
 
+    if checkpoint is None:  # the factory's own initialisation, from seed 0: re-runs give the same records
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return create(name, num_classes).eval(), None
     model = create(name, num_classes)
-    if checkpoint is None:
-        return model.eval(), None
     payload = read_file(checkpoint)
     if isinstance(payload, dict) and payload.get("format") == SEGBENCH_FORMAT:
         saved = payload["info"]["name"]
