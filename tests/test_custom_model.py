@@ -295,3 +295,18 @@ def test_hf_folder_with_another_class_count_is_a_load_time_error(tmp_path, data,
     suite = write_suite(tmp_path, data, {"seg": f"arch: hf:{tmp_path / 'seg'}\nprotocol: {{test_mode: whole}}"})
     assert main(["run", str(suite)]) == 2
     assert "predicts 5 classes but the dataset has 3" in capsys.readouterr().err
+
+
+def test_user_models_sit_in_the_paper_tables_with_no_paper_number():
+    import report_records as rr
+    from segbench.report import papers
+    from segbench.report.tables import DIFF
+
+    mine = rr.eval_record("u1", "mine", "model.py:build_model", 41.0, dataset="ade20k")
+    tables = {t.name: t for t in papers.paper_tables(rr.paper_records() + [mine])}
+    frame = tables["segmenter_table3"].frame
+    row = frame[frame[("model", "")] == "mine"].iloc[0]
+    assert row[("mIoU (SS)", "ours")] == 41.0 and row[("mIoU (SS)", "paper")] == "no paper number"
+    assert np.isnan(row[("mIoU (SS)", DIFF)])
+    paper_row = frame[frame[("model", "")] == "seg_b16"].iloc[0]
+    assert paper_row[("mIoU (SS)", "paper")] == 48.06  # the papers' rows keep their numbers
