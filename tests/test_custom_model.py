@@ -290,11 +290,28 @@ def test_hf_folders_go_through_every_stage(tmp_path, monkeypatch, capsys):
     assert dpt["protocol"]["mode"] == "slide" and dpt["protocol"]["window"] == 32
 
 
-def test_hf_folder_with_another_class_count_is_a_load_time_error(tmp_path, data, capsys):
+def test_hf_folder_with_another_class_count_or_no_config_is_a_load_time_error(tmp_path, data, capsys):
     hf_writers.write_hf_model(tmp_path / "seg", hf_writers.tiny_configs(5)["segformer"])
     suite = write_suite(tmp_path, data, {"seg": f"arch: hf:{tmp_path / 'seg'}\nprotocol: {{test_mode: whole}}"})
     assert main(["run", str(suite)]) == 2
-    assert "predicts 5 classes but the dataset has 3" in capsys.readouterr().err
+    assert f"{suite}:8: models.seg: {tmp_path / 'seg'}: the model predicts 5 classes but the dataset has 3" \
+        in capsys.readouterr().err
+    suite = write_suite(tmp_path, data, {"seg": "arch: hf:nowhere\nprotocol: {test_mode: whole}"})
+    assert main(["run", str(suite)]) == 2
+    assert f"{tmp_path / 'nowhere'} has no config.json" in capsys.readouterr().err
+
+
+def test_hf_checkpoints_are_segbench_files_or_the_transformers_state_dict(tmp_path):
+    from transformers import AutoModelForSemanticSegmentation
+
+    folder = hf_writers.write_hf_model(tmp_path / "seg", hf_writers.tiny_configs(3)["segformer"], seed=0)
+    other = AutoModelForSemanticSegmentation.from_config(hf_writers.tiny_configs(3)["segformer"]).eval()
+    torch.save(other.state_dict(), tmp_path / "fine_tuned.pth")  # e.g. fine-tuned elsewhere
+    name = custom.register(f"hf:{folder}", tmp_path, {}, {"test_mode": "whole"}, "s.yaml:1: models.seg")
+    model, report = load_model(name, tmp_path / "fine_tuned.pth", num_classes=3)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert report.complete and torch.equal(model(x), other(pixel_values=x).logits)
 
 
 def test_user_models_sit_in_the_paper_tables_with_no_paper_number():

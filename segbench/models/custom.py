@@ -98,7 +98,7 @@ def create(name: str, num_classes: int, **kwargs) -> nn.Module:
         found = _info_fields(getattr(model, "info", None), source)
     model.info = _resolve_info(name, source, num_classes, found)
     model.forward = types.MethodType(_checked_forward, model)
-    model.source = source.where or source.arch
+    model.segbench_source = source.where or source.arch
     return model
 
 
@@ -124,6 +124,8 @@ def load(name: str, checkpoint, num_classes: int, allow_partial: bool = False):
             raise CheckpointError(f"{checkpoint}: neither a segbench checkpoint nor a state_dict of tensors "
                                   "(save one with torch.save(model.state_dict(), path) or safetensors)")
         fmt = "state_dict"
+        if isinstance(model, HFSegmentation) and not any(k.startswith("model.") for k in state_dict):
+            state_dict = {f"model.{k}": v for k, v in state_dict.items()}  # the transformers model's own keys
     report = load_state_dict(model, state_dict, str(checkpoint), fmt, allow_partial)
     return model.eval(), report
 
@@ -282,7 +284,7 @@ def _resolve_info(name: str, source: Source, num_classes: int, found: dict) -> M
 def _checked_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """The model's own forward, then the checks segbench's protocols rely on. Bound to the
     instance (``types.MethodType``) so that copies of the model stay checked."""
-    where = self.source
+    where = self.segbench_source
     try:
         out = type(self).forward(self, x, *args, **kwargs)
     except Exception as exc:
