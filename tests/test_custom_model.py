@@ -241,7 +241,7 @@ def test_registry_job_ids_are_unchanged():
 
 hf_writers = pytest.importorskip("hf_writers")
 pytest.importorskip("transformers")
-HF_ARCHS = ("segformer", "upernet", "dpt", "beit")
+HF_ARCHS = ("segformer", "upernet_convnext", "upernet_swin", "dpt", "beit")
 
 
 @pytest.mark.parametrize("arch", HF_ARCHS)
@@ -270,19 +270,20 @@ def test_hf_folders_go_through_every_stage(tmp_path, monkeypatch, capsys):
     project.mkdir()
     for arch, config in hf_writers.tiny_configs(3).items():
         hf_writers.write_hf_model(project / "hf" / arch, config)
-    protocol = {"segformer": "{test_mode: whole, size_divisor: 32}", "upernet": "{test_mode: whole, size_divisor: 32}",
+    protocol = {"segformer": "{test_mode: whole, size_divisor: 32}",
+                "upernet_convnext": "{test_mode: whole, size_divisor: 32}", "upernet_swin": "{test_mode: whole}",
                 "beit": "{test_mode: whole, size_divisor: 8}",  # patch 8
                 "dpt": "{test_mode: slide, test_window: 32, test_stride: 16}"}  # square inputs only
     suite = write_suite(project, data, {a: f"arch: hf:hf/{a}\nprotocol: {p}" for a, p in protocol.items()},
                         evaluate="  - {dataset: shapes, bootstrap: 20}\n"
                                  "  - {dataset: shapes, protocol: multi_scale, bootstrap: 0, max_images: 1,\n"
-                                 "     models: [segformer, upernet, beit]}",  # DPT: square windows only, see above
+                                 "     models: [segformer, upernet_convnext, beit]}",  # DPT: square windows only, see above
                         extra="profile:\n  - {dataset: shapes, sizes: [32x32], runs: 1, warmup: 0, fvcore: false}\n")
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(suite), "--json"]) == 0
     capsys.readouterr()
     records = load_records(project / "results")
-    assert len(records) == 4 * 2 + 3
+    assert len(records) == 5 * 2 + 3
     assert all(r["status"] == "ok" for r in records), [r["error"]["message"] for r in records if "error" in r]
     profiles = {r["model"]: r["metrics"] for r in records if r["kind"] == "profile"}
     assert all(p["params"] > 0 and p["macs"] > 0 for p in profiles.values())
