@@ -264,26 +264,31 @@ def test_hf_folder_logits_equal_transformers_forward(tmp_path, monkeypatch, arch
     assert (ours - theirs).abs().max().item() < 1e-4
 
 
-def test_hf_folders_go_through_every_stage(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("archs", [("segformer", "dpt"),  # whole and slide; all five take ~15 s on 2 cores
+                                   pytest.param(HF_ARCHS, marks=pytest.mark.slow)])
+def test_hf_folders_go_through_every_stage(tmp_path, monkeypatch, capsys, archs):
     data = write_folder_dataset(tmp_path / "shapes", {"val": 2}, encoding="rgb")
     project = tmp_path / "project"
     project.mkdir()
-    for arch, config in hf_writers.tiny_configs(3).items():
-        hf_writers.write_hf_model(project / "hf" / arch, config)
+    for arch in archs:
+        hf_writers.write_hf_model(project / "hf" / arch, hf_writers.tiny_configs(3)[arch])
     protocol = {"segformer": "{test_mode: whole, size_divisor: 32}",
                 "upernet_convnext": "{test_mode: whole, size_divisor: 32}", "upernet_swin": "{test_mode: whole}",
                 "beit": "{test_mode: whole, size_divisor: 8}",  # patch 8
                 "dpt": "{test_mode: slide, test_window: 32, test_stride: 16}"}  # square inputs only
-    suite = write_suite(project, data, {a: f"arch: hf:hf/{a}\nprotocol: {p}" for a, p in protocol.items()},
+    multi_scale = [a for a in archs if a in ("segformer", "upernet_convnext", "beit")]  # DPT, Swin: see above
+    suite = write_suite(project, data, {a: f"arch: hf:hf/{a}\nprotocol: {protocol[a]}" for a in archs},
                         evaluate="  - {dataset: shapes, bootstrap: 20}\n"
                                  "  - {dataset: shapes, protocol: multi_scale, bootstrap: 0, max_images: 1,\n"
-                                 "     models: [segformer, upernet_convnext, beit]}",  # DPT: square windows only, see above
-                        extra="profile:\n  - {dataset: shapes, sizes: [32x32], runs: 1, warmup: 0, fvcore: false}\n")
+                                 f"     models: [{', '.join(multi_scale)}]}}",
+                        extra="profile:\n  - {dataset: shapes, sizes: [32x32], runs: 1, warmup: 0, fvcore: false}\n"
+                              "corruption:\n  - {dataset: shapes, corruptions: [gaussian_noise], severities: [1], "
+                              "bootstrap: 0, models: [segformer, dpt]}\n")
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(suite), "--json"]) == 0
     capsys.readouterr()
     records = load_records(project / "results")
-    assert len(records) == 5 * 2 + 3
+    assert len(records) == 2 * len(archs) + len(multi_scale) + 2 * 2  # SS eval + profile, MS, clean + noise
     assert all(r["status"] == "ok" for r in records), [r["error"]["message"] for r in records if "error" in r]
     profiles = {r["model"]: r["metrics"] for r in records if r["kind"] == "profile"}
     assert all(p["params"] > 0 and p["macs"] > 0 for p in profiles.values())
