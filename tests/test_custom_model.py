@@ -333,3 +333,14 @@ def test_user_models_sit_in_the_paper_tables_with_no_paper_number():
     assert np.isnan(row[("mIoU (SS)", DIFF)])
     paper_row = frame[frame[("model", "")] == "seg_b16"].iloc[0]
     assert paper_row[("mIoU (SS)", "paper")] == 48.06  # the papers' rows keep their numbers
+
+
+def test_a_factory_that_cannot_build_on_the_meta_device_is_built_for_real(project, data):
+    (project / "model.py").write_text(MODEL.replace(  # reads a tensor's value: impossible on the meta device
+        "    return TinySegNet(num_classes, width)",
+        "    import torch\n    width = int(torch.tensor(float(width)).item())\n    return TinySegNet(num_classes, width)"))
+    with pytest.raises(Exception, match="meta"):
+        with torch.device("meta"):
+            custom.create(custom.register("model.py:build_model", project, {}, {"test_mode": "whole"}, ""), 3)
+    suite = load_suite(write_suite(project, data, {"mine": TINY}))  # no error: checked off the meta device
+    assert create_model(suite.models["mine"].arch, num_classes=3).decoder.out_channels == 3

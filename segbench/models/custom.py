@@ -308,14 +308,22 @@ def _checked_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch
 def probe(name: str, num_classes: int) -> None:
     """Build the model on the meta device and run one forward there (no memory, no compute):
     import, factory and settings errors, and outputs of the wrong rank, type or class count,
-    show when the suite is read. A forward the meta device cannot run is left to the run."""
-    with torch.device("meta"):
-        model = create(name, num_classes).eval()
-        side = model.info.test_window or model.info.crop_size or 64
-        side = math.ceil(side / (model.info.size_divisor or 1)) * (model.info.size_divisor or 1)
-        try:
-            with torch.no_grad():
-                model(torch.empty(1, 3, side, side))
-        except CustomModelError as exc:
-            if not isinstance(exc.__cause__, Exception):  # the output check itself, not the model failing
-                raise
+    show when the suite is read. A factory that cannot build on the meta device (one that
+    reads weights, say) is built for real instead, without a forward; a forward the meta
+    device cannot run is left to the run."""
+    try:
+        with torch.device("meta"):
+            model = create(name, num_classes).eval()
+    except CustomModelError as exc:
+        if exc.__cause__ is None:  # a settings error: the same on any device
+            raise
+        create(name, num_classes)  # raises again if the factory fails off the meta device too
+        return
+    side = model.info.test_window or model.info.crop_size or 64
+    side = math.ceil(side / (model.info.size_divisor or 1)) * (model.info.size_divisor or 1)
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(1, 3, side, side))
+    except CustomModelError as exc:
+        if exc.__cause__ is None:  # the output check itself, not the model failing on the meta device
+            raise
