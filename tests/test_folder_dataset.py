@@ -115,3 +115,20 @@ def test_suite_lists_a_folder_splits_problems_before_any_job_runs(tmp_path, caps
     assert f"{suite}:5: datasets.mine.root" in err and "2 problem(s)" in err
     assert "x.png: label values 5" in err and "y.png: label values 7" in err
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("ids", ["train", "label"])
+def test_prediction_pngs_score_against_a_folder_dataset(tmp_path, capsys, ids):
+    import json
+
+    from segbench.cli import main
+
+    raw = [[7, 8, 26, 0]] * 3
+    root = write(tmp_path / "d", "names: [road, car, sky]\nlabel_map: {7: 0, 8: 1, 26: 2}\nignore: 0\n", {"x": raw})
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    written = raw if ids == "label" else [[0, 1, 2, 2]] * 3  # the raw values, or the class indices
+    Image.fromarray(np.asarray(written, np.uint8)).save(predictions / "x.png")
+    assert main(["eval", "--predictions", str(predictions), "--dataset", "folder", "--root", str(root),
+                 "--ids", ids, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["mIoU"] == 100.0

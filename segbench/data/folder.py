@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from segbench.data.datasets import DATASETS, IGNORE_INDEX, DatasetError, SegDataset, read_id_map
+from segbench.data.datasets import DATASETS, IGNORE_INDEX, DatasetError, SegDataset, lut_from_pairs, read_id_map
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LAYOUT = __doc__.split("::", 1)[1].split("\n\n")[1]
@@ -151,6 +151,9 @@ class FolderDataset(SegDataset):
         spec = read_classes(root / classes)
         self.classes, self.official_palette = spec["names"], spec["palette"]
         self.raw_to_index, self.colour_to_index = spec["raw_to_index"], spec["colour_to_index"]
+        # raw values -> indices as a table, for prediction PNGs written in the raw values (`--ids label`)
+        self.label_lut = lut_from_pairs((raw, index) for raw, index in self.raw_to_index.items() if raw < 256)
+        self.label_ids = f"the raw label values of {root / classes}"
         if test_scale is not None:
             if len(test_scale) != 2:
                 raise DatasetError(f"{root}: test_scale: expected [long side, short side], got {test_scale}")
