@@ -1,7 +1,6 @@
 """User models (segbench.models.custom): Python factories and HuggingFace folders, their
 settings, checkpoints, training, and every kind of bad input, through suites as a user
 writes them, with their files outside the repository."""
-import json
 import textwrap
 from pathlib import Path
 
@@ -116,10 +115,12 @@ def test_registry_entries_refuse_user_model_keys(project, data):
 
 LOAD_TIME = {
     "import fails": ("import not_a_module_anyone_has\n" + MODEL, "importing model.py failed: ModuleNotFoundError"),
-    "factory raises": (MODEL.replace("    return TinySegNet", "    raise RuntimeError('out of ideas')\n    return TinySegNet"),
+    "factory raises": (MODEL.replace("    return TinySegNet",
+                                     "    raise RuntimeError('out of ideas')\n    return TinySegNet"),
                        "raised RuntimeError: out of ideas"),
     "not a module": (MODEL.replace("return TinySegNet(num_classes, width)", "return 42"), "returned int, not a torch"),
-    "not 4-D": (MODEL.replace("return self.decoder(self.encoder(x))", "return self.decoder(self.encoder(x)).flatten(2)"),
+    "not 4-D": (MODEL.replace("return self.decoder(self.encoder(x))",
+                              "return self.decoder(self.encoder(x)).flatten(2)"),
                 "expected float logits (B, 3, h, w)"),
     "not float": (MODEL.replace("return self.decoder(self.encoder(x))", "return self.decoder(self.encoder(x)).long()"),
                   "returned a torch.int64 tensor"),
@@ -338,7 +339,8 @@ def test_user_models_sit_in_the_paper_tables_with_no_paper_number():
 def test_a_factory_that_cannot_build_on_the_meta_device_is_built_for_real(project, data):
     (project / "model.py").write_text(MODEL.replace(  # reads a tensor's value: impossible on the meta device
         "    return TinySegNet(num_classes, width)",
-        "    import torch\n    width = int(torch.tensor(float(width)).item())\n    return TinySegNet(num_classes, width)"))
+        "    import torch\n    width = int(torch.tensor(float(width)).item())\n"
+        "    return TinySegNet(num_classes, width)"))
     with pytest.raises(Exception, match="meta"):
         with torch.device("meta"):
             custom.create(custom.register("model.py:build_model", project, {}, {"test_mode": "whole"}, ""), 3)

@@ -179,7 +179,8 @@ class FolderDataset(SegDataset):
         image_dir, label_dir = root / images / split, root / labels / split
         for folder in (image_dir, label_dir):
             if not folder.is_dir():
-                raise DatasetError(f"folder: expected the folder {folder} but it does not exist. Layout:\n{self.layout}")
+                raise DatasetError(f"folder: expected the folder {folder} but it does not exist. "
+                                   f"Layout:\n{self.layout}")
         stems = {}
         for path in sorted(image_dir.rglob("*")):
             suffix = next((s for s in suffixes if path.name.lower().endswith(s.lower())), None)

@@ -81,7 +81,8 @@ def register(arch: str, base: Path, args: dict, settings: dict, where: str) -> s
 
 
 def source_of(name: str) -> Source:
-    """The registered source, or (a MODEL on the command line) the arch alone, paths relative to the working directory."""
+    """The registered source, or (a MODEL on the command line) the arch alone, its paths
+    relative to the working directory."""
     return _SOURCES.get(name) or Source(name, Path.cwd())
 
 
