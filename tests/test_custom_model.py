@@ -346,3 +346,20 @@ def test_a_factory_that_cannot_build_on_the_meta_device_is_built_for_real(projec
             custom.create(custom.register("model.py:build_model", project, {}, {"test_mode": "whole"}, ""), 3)
     suite = load_suite(write_suite(project, data, {"mine": TINY}))  # no error: checked off the meta device
     assert create_model(suite.models["mine"].arch, num_classes=3).decoder.out_channels == 3
+
+
+def test_hf_folder_weights_saved_in_bfloat16_load_as_float32_and_mean_std_need_a_source(tmp_path):
+    from transformers import AutoModelForSemanticSegmentation
+
+    folder = tmp_path / "bf16"
+    AutoModelForSemanticSegmentation.from_config(hf_writers.tiny_configs(3)["segformer"]).to(torch.bfloat16) \
+        .save_pretrained(folder)  # no preprocessor_config.json either
+    with pytest.raises(custom.CustomModelError, match=r"s.yaml:1: models.bf: preprocess.mean is needed"):
+        create_model(custom.register(f"hf:{folder}", tmp_path, {}, {"test_mode": "whole"}, "s.yaml:1: models.bf"), 3)
+    name = custom.register(f"hf:{folder}", tmp_path, {}, {"test_mode": "whole", "mean": [0, 0, 0],
+                                                          "std": [1, 1, 1]}, "s.yaml:1: models.bf")
+    model = create_model(name, num_classes=3)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model(torch.randn(1, 3, 32, 32)).dtype == torch.float32
+    with torch.device("meta"):  # as profiling builds it
+        assert {p.dtype for p in create_model(name, num_classes=3).parameters()} == {torch.float32}

@@ -200,16 +200,20 @@ def _build_hf(source: Source, num_classes: int) -> tuple[nn.Module, dict]:
         raise source.error(f"arch {source.arch!r}: {folder} has no config.json (a folder written by "
                            "save_pretrained of a transformers semantic-segmentation model)")
     from transformers import AutoConfig, AutoModelForSemanticSegmentation
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its bars would interleave with segbench's own progress display
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         if config.num_labels != num_classes:
             raise source.error(f"{folder}: the model predicts {config.num_labels} classes but the dataset has "
                                f"{num_classes}; evaluate it on a dataset with its classes, or set num_classes")
+        # float32 whatever the saved dtype: segbench feeds float32 batches (amp is its own setting)
         if torch.empty(0).device.type == "meta":  # costs and shapes only: no need to read the weights
-            model = AutoModelForSemanticSegmentation.from_config(config)
+            model = AutoModelForSemanticSegmentation.from_config(config, dtype=torch.float32)
         else:
-            model = AutoModelForSemanticSegmentation.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForSemanticSegmentation.from_pretrained(folder, local_files_only=True,
+                                                                     dtype=torch.float32)
     except CustomModelError:
         raise
     except Exception as exc:
