@@ -363,3 +363,16 @@ def test_hf_folder_weights_saved_in_bfloat16_load_as_float32_and_mean_std_need_a
     assert model(torch.randn(1, 3, 32, 32)).dtype == torch.float32
     with torch.device("meta"):  # as profiling builds it
         assert {p.dtype for p in create_model(name, num_classes=3).parameters()} == {torch.float32}
+
+
+def test_a_model_may_carry_a_model_info(project, data):
+    (project / "model.py").write_text(MODEL.replace(
+        '    info = {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)}',
+        '    from segbench.models import ModelInfo\n'
+        '    info = ModelInfo(name="tiny", family="mine", encoder="", decoder="", num_classes=3, patch_size=1,\n'
+        '                     output_stride=4, crop_size=48, mean=(1, 2, 3), std=(4, 5, 6), test_stride=24)'))
+    suite = load_suite(write_suite(project, data, {"mine": "arch: model.py:build_model"}))
+    info = create_model(suite.models["mine"].arch, num_classes=3).info
+    assert (info.mean, info.std, info.test_mode, info.crop_size, info.test_stride) == ((1, 2, 3), (4, 5, 6),
+                                                                                       "slide", 48, 24)
+    assert info.family == "custom" and info.name == suite.models["mine"].arch  # segbench's own fields
