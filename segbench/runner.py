@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from segbench import dist
-from segbench.data.datasets import DATASETS, DatasetError, build_dataset
+from segbench.data.datasets import DatasetError, build_dataset, dataset_classes
 from segbench.devices import resolve_device
 from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import Protocol
@@ -36,7 +36,7 @@ from segbench.errors import ResultsError, SegbenchError
 from segbench.identity import ID_VERSION, dataset_identity, file_sha256, job_id
 from segbench.locks import release, try_lock
 from segbench.metrics.stats import save_per_image
-from segbench.models import create_model
+from segbench.models import create_model, custom
 from segbench.models.checkpoints import load_model
 from segbench.profiling import parse_size, profile_model
 from segbench.report.previews import PreviewWriter
@@ -64,7 +64,8 @@ class Job:
 
 
 def num_classes_of(suite: Suite, dataset_key: str) -> int:
-    return len(DATASETS[suite.datasets[dataset_key].kind].classes)
+    spec = suite.datasets[dataset_key]
+    return len(dataset_classes(spec.kind, spec.root, spec.options))
 
 
 def _pinned(suite: Suite) -> dict:
@@ -81,7 +82,7 @@ def plan(suite: Suite) -> list[Job]:
             continue
         t = spec.train
         num_classes = spec.num_classes or num_classes_of(suite, t.dataset)
-        recipe = suite_recipe(spec, suite.datasets[t.dataset].kind)
+        recipe = suite_recipe(spec, suite.datasets[t.dataset].kind, num_classes)
         # What decides the weights: the resolved recipe (so a changed recipe retrains), and the
         # loop settings that change the numbers; not workers, checkpoint or evaluation intervals.
         changes = {k: v for k, v in (("accumulate", t.accumulate if t.accumulate != 1 else None), ("amp", t.amp))
@@ -94,6 +95,8 @@ def plan(suite: Suite) -> list[Job]:
         identity = {"arch": spec.arch, "num_classes": num_classes, "seed": suite.seed,
                     "dataset": dataset_identity(suite.datasets[t.dataset], t.split), "recipe": asdict(recipe),
                     **changes, **_pinned(suite)}
+        if custom.is_custom(spec.arch):
+            identity["code"] = custom.fingerprint(spec.arch)
         job = Job("train", key, config, identity)
         jobs.append(job)
         train_ids[key] = job.id
@@ -158,10 +161,14 @@ def _model_part(suite: Suite, key: str, dataset: str, train_ids: dict[str, str])
         config["checkpoint"] = model.checkpoint
         # a missing file is reported by check_inputs before anything runs
         weights = file_sha256(model.checkpoint) if Path(model.checkpoint).is_file() else f"missing {model.checkpoint}"
+    elif custom.carries_weights(model.arch):
+        weights = "in the model folder"  # its files are in the identity's "code"
     else:
         config["random_weights"] = True
         weights = "random"
     identity = {"arch": model.arch, "num_classes": num_classes, "weights": weights}
+    if custom.is_custom(model.arch):
+        identity["code"] = custom.fingerprint(model.arch)
     if model.allow_partial:
         config["allow_partial"] = identity["allow_partial"] = True
     return config, identity

@@ -56,13 +56,36 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class PreprocessSpec:
+    """A user model's input normalisation, (x - mean) / std on the 0-255 scale."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelProtocolSpec:
+    """A user model's test settings (``ModelInfo`` names; README: Benchmark your own model)."""
+
+    test_mode: str | None = None  # whole | slide
+    crop_size: int | None = None  # the training crop; the slide window unless test_window
+    test_window: int | None = None
+    test_stride: int | None = None
+    test_scale: tuple[int, ...] | None = None  # (long, short) keep-ratio resize; default: the dataset's
+    size_divisor: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    arch: str  # a registry name (`segbench models`)
+    arch: str  # a registry name (`segbench models`), module:func, path/file.py:func or hf:PATH
     checkpoint: str | None = None  # segbench, official Segmenter/mmseg/HF/timm formats
     train: TrainSpec | None = None
     weights: str | None = None  # "random": evaluate untrained weights drawn from the suite's seed (explicit only)
     num_classes: int | None = None  # default: the class count of the datasets it meets
     allow_partial: bool = False  # load a checkpoint that does not fit exactly (the record lists what did not)
+    args: dict[str, Any] = field(default_factory=dict)  # a user model's factory keyword arguments
+    preprocess: PreprocessSpec | None = None  # a user model's settings (else its `info` attribute)
+    protocol: ModelProtocolSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -295,7 +318,11 @@ def _check_weights(name: str, spec: ModelSpec, where: _Where, evaluated: set[str
     or explicitly random ones (never random by omission: that gives a normal-looking mIoU row).
     Profiling needs no weights."""
     path = f"models.{name}"
+    from segbench.models import custom
+
     given = [k for k in ("checkpoint", "train") if getattr(spec, k) is not None]
+    if custom.carries_weights(spec.arch):
+        given.append("model folder's weights")
     if spec.weights not in (None, "random"):
         raise where.error(f"{path}.weights", f"the only value is 'random', got {spec.weights!r}")
     if spec.weights and given:
@@ -306,6 +333,7 @@ def _check_weights(name: str, spec: ModelSpec, where: _Where, evaluated: set[str
 
 
 def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> None:
+    from segbench.data.datasets import dataset_classes
     from segbench.engine.train import suite_recipe
 
     train, path = spec.train, f"models.{name}.train"
@@ -317,8 +345,10 @@ def _check_train(suite: Suite, name: str, spec: ModelSpec, where: _Where) -> Non
             raise where.error(f"{path}.{field_name}", f"must be positive, got {value}")
     if train.amp not in (None, "bf16", "fp16"):
         raise where.error(f"{path}.amp", f"mixed precision is bf16 or fp16, got {train.amp!r}")
+    data = suite.datasets[train.dataset]
+    num_classes = len(dataset_classes(data.kind, data.root, data.options))
     try:
-        suite_recipe(spec, suite.datasets[train.dataset].kind)
+        suite_recipe(spec, data.kind, num_classes)
     except ValueError as exc:
         raise where.error(f"{path}.recipe", str(exc)) from None
 
@@ -416,8 +446,43 @@ def build_suite(data: dict, source: str, lines: dict[str, int] | None = None) ->
     where = _Where(source, lines)
     suite = _build(Suite, data, "", where)
     suite = dataclasses.replace(suite, path=source, lines=lines)
+    suite = dataclasses.replace(suite, models={k: _user_model(suite, k, m, where) for k, m in suite.models.items()})
     _check_references(suite, where)
     return suite
+
+
+def _user_model(suite: Suite, key: str, spec: ModelSpec, where: _Where) -> ModelSpec:
+    """A user model entry (arch with ':') registered under the name its jobs build it by
+    (segbench.models.custom), and built once on the meta device so that import, factory and
+    settings errors stop the run here."""
+    from segbench.data.datasets import DatasetError, dataset_classes
+    from segbench.models import custom
+
+    path = f"models.{key}"
+    if not custom.is_custom(spec.arch):
+        for name in ("args", "preprocess", "protocol"):
+            if getattr(spec, name):
+                raise where.error(f"{path}.{name}", "only for user models (arch module:func, file.py:func or hf:PATH)")
+        return spec
+    settings = {**dataclasses.asdict(spec.preprocess or PreprocessSpec()),
+                **dataclasses.asdict(spec.protocol or ModelProtocolSpec())}
+    location = f"{suite.path}:{suite.lines.get(path + '.arch', '?')}: {path}"
+    name = custom.register(spec.arch, Path(suite.path).parent, spec.args, settings, location)
+    met = {e.dataset for e in (*suite.evaluate, *suite.corruption, *suite.profile) if key in (e.models or suite.models)}
+    met |= {spec.train.dataset} if spec.train else set()
+    counts = {spec.num_classes} if spec.num_classes else set()
+    for dataset in sorted(met & set(suite.datasets)) if not counts else ():
+        d = suite.datasets[dataset]
+        try:
+            counts.add(len(dataset_classes(d.kind, d.root, d.options)))
+        except (DatasetError, KeyError, TypeError):
+            pass  # reported with the dataset's other problems before any job runs
+    for count in sorted(counts):
+        try:
+            custom.probe(name, count)
+        except custom.CustomModelError as exc:
+            raise SuiteError(str(exc)) from None
+    return dataclasses.replace(spec, arch=name)
 
 
 def locate(suite: Suite, field_path: str, message: str) -> str:

@@ -119,6 +119,12 @@ class SegDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @classmethod
+    def class_names_for(cls, root: str | os.PathLike | None, **options) -> tuple[str, ...]:
+        """The classes of the dataset at ``root``, without reading its images (a folder
+        dataset reads them from its classes file)."""
+        return cls.classes
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -435,6 +441,11 @@ DATASETS = {"synthetic": Synthetic, "ade20k": ADE20K, "cityscapes": Cityscapes, 
             "pascal_context_59": PascalContext59, "coco_stuff": COCOStuff}
 
 
+def dataset_classes(kind: str, root: str | None, options: dict) -> tuple[str, ...]:
+    """The class names of a suite's dataset entry (its class count sizes the models)."""
+    return DATASETS[kind].class_names_for(root, **options)
+
+
 def build_dataset(kind: str, split: str, root: str | None = None, **options) -> SegDataset:
     """Build a dataset by its kind name (the ``kind`` of a suite's dataset entry)."""
     if kind == "synthetic" and root is not None:
@@ -447,3 +458,6 @@ def build_dataset(kind: str, split: str, root: str | None = None, **options) -> 
         raise DatasetError(f"{kind}: no root given. Set the dataset's `root` in the suite "
                            f"(e.g. root: ${{SEGBENCH_DATA}}/{kind}). Expected layout:\n{DATASETS[kind].layout}")
     return DATASETS[kind](root, split, **options)
+
+
+import segbench.data.folder  # noqa: E402,F401  registers kind "folder" (it builds on the readers above)

@@ -74,9 +74,10 @@ def paper_protocol(info: ModelInfo, dataset: SegDataset, multi_scale: bool = Fal
         window, stride, cited = PAPER_SLIDE[family, kind]
         mode = "slide"
     elif family in WHOLE_IMAGE_FAMILIES or (family not in ("segmenter", "setr") and info.test_mode == "whole"):
-        mode, cited = "whole", f"{family} paper / mmseg configs: whole image"
+        mode, cited = "whole", (f"{family} paper / mmseg configs: whole image" if family in WHOLE_IMAGE_FAMILIES
+                                else "the model's test_mode")
     else:
-        mode, window = "slide", info.crop_size
+        mode, window = "slide", info.test_window or info.crop_size
         stride = window * 2 // 3 if family == "setr" else window - 32
         cited = ("fudan-zvg/SETR configs: stride 2/3 of the window" if family == "setr"
                  else "mmseg Segmenter configs: stride = window - 32")
@@ -88,6 +89,9 @@ def paper_protocol(info: ModelInfo, dataset: SegDataset, multi_scale: bool = Fal
         test_scale, min_short_side = None, 520  # SETR's Resize(dataset='pascal_context'): short side 520
     if family == "segformer" and mode == "whole":
         size_divisor = 32  # SegFormer's AlignedResize / ResizeToMultiple
+    if info.test_scale or info.size_divisor:  # a user model's own settings (segbench.models.custom)
+        test_scale, size_divisor = info.test_scale or test_scale, info.size_divisor or size_divisor
+        cited += f"; test scale {test_scale}, size divisor {size_divisor} from the model's settings"
     shape = f"slide {window}/{stride}" if mode == "slide" else "whole"
     protocol = Protocol(mode=mode, window=window, stride=max(stride, 1) if stride else None, test_scale=test_scale,
                         min_short_side=min_short_side, size_divisor=size_divisor,

@@ -179,12 +179,14 @@ def recipe_notes(recipe: Recipe) -> list[str]:
             f"{named.warmup_iters} of {named.iters} would outlast the run"]
 
 
-def suite_recipe(spec, dataset_kind: str) -> Recipe:
-    """The recipe of a suite's model entry (a ``suite.ModelSpec`` with a ``train:`` block)."""
+def suite_recipe(spec, dataset_kind: str, num_classes: int | None = None) -> Recipe:
+    """The recipe of a suite's model entry (a ``suite.ModelSpec`` with a ``train:`` block);
+    ``num_classes``: the dataset's (a folder dataset's classes are in its classes file)."""
     from segbench.data.datasets import DATASETS
 
+    num_classes = spec.num_classes or num_classes or len(DATASETS[dataset_kind].classes)
     with torch.device("meta"):
-        info = create_model(spec.arch, num_classes=spec.num_classes or len(DATASETS[dataset_kind].classes)).info
+        info = create_model(spec.arch, num_classes=num_classes).info
     t = spec.train
     return resolve_recipe(t.recipe, info.family, dataset_kind, info.crop_size, iters=t.iters,
                           batch_size=t.batch_size, lr=t.lr, crop_size=t.crop_size)

@@ -37,6 +37,10 @@ class ModelInfo:
     std: tuple[float, float, float] = IMAGENET_STD
     test_mode: str = "slide"  # the paper's single-scale protocol: "slide" or "whole"
     test_stride: int | None = None  # slide stride; None: crop_size - 32 (Segmenter's rule)
+    # A user model's own test settings (segbench.models.custom); None: the paper protocol's.
+    test_window: int | None = None  # slide window; None: crop_size
+    test_scale: tuple[int, int] | None = None  # (long, short) keep-ratio test resize; None: the dataset's
+    size_divisor: int | None = None  # round test sides up to a multiple of this
 
     def with_(self, **changes) -> "ModelInfo":
         return replace(self, **changes)
@@ -60,11 +64,16 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def is_model(name: str) -> bool:
     _import_families()
-    return name in _REGISTRY
+    return name in _REGISTRY or ":" in name  # a user model (segbench.models.custom), checked when built
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered variant with random (or timm-initialised) weights."""
+    """Build a registered variant with random (or timm-initialised) weights; an ``arch``
+    with ``:`` is a user model (``segbench.models.custom``)."""
+    if ":" in name:
+        from segbench.models import custom
+
+        return custom.create(name, num_classes, **kwargs)
     _import_families()
     if name not in _REGISTRY:
         close = fnmatch.filter(_REGISTRY, f"*{name.split('_')[0]}*")[:8]
@@ -79,12 +88,12 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 def _import_families() -> None:
     # Importing a family module runs its @register_model decorators; every module of
-    # this package except the checkpoint converters defines a family.
+    # this package except the checkpoint converters and user models defines a family.
     import importlib
     import pkgutil
 
     for module in pkgutil.iter_modules(__path__):
-        if module.name != "checkpoints":
+        if module.name not in ("checkpoints", "custom"):
             importlib.import_module(f"{__name__}.{module.name}")
 
 

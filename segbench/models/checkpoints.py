@@ -276,6 +276,10 @@ def load_model(arch: str, checkpoint: str | os.PathLike | None, num_classes: int
     The model is built for the checkpoint's training crop (its position embeddings), and
     the settings the file carries (crop, normalisation, test window) go into ``model.info``.
     """
+    if ":" in arch:  # a user model: segbench or plain state_dict files (segbench.models.custom)
+        from segbench.models import custom
+
+        return custom.load(arch, checkpoint, num_classes, allow_partial)
     if checkpoint is None:
         return create_model(arch, num_classes=num_classes).eval(), None
     path = Path(checkpoint)

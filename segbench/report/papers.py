@@ -110,6 +110,9 @@ PAPER_TABLES = (
 _SIZE = re.compile(r"(\d+)x(\d+)")
 
 
+NO_PAPER_NUMBER = "no paper number"  # a user model's paper cells
+
+
 def dataset_kind(record: dict) -> str:
     return str(record.get("dataset", "")).split("/")[0]
 
@@ -173,7 +176,8 @@ def paper_tables(records: list[dict]) -> list[Table]:
         reported = set(frame[frame["paper"].str.startswith(spec.paper) & (frame["table"] == spec.table)]["model"])
         rows, notes, kept = [], {}, set()
         for model, arch in models:
-            if arch not in reported:
+            user_model = ":" in arch  # segbench.models.custom: measured beside the papers' rows, no number of its own
+            if arch not in reported and not user_model:
                 continue
             row, any_measured = {("model", ""): model, ("arch", ""): arch}, False
             for q in spec.quantities:
@@ -186,7 +190,7 @@ def paper_tables(records: list[dict]) -> list[Table]:
                         any_measured = True
                         kept.add(q.label)
                 if q.metric is not None:
-                    row[(q.label, "paper")] = paper
+                    row[(q.label, "paper")] = NO_PAPER_NUMBER if user_model else paper
                 if q.source is not None and q.metric is not None:
                     row[(q.label, DIFF)] = ours - paper if entry and not math.isnan(ours) else math.nan
                 if entry and entry["note"] and not math.isnan(ours if q.source else paper):
