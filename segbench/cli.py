@@ -164,8 +164,9 @@ def cmd_eval(args) -> int:
     from segbench.data.datasets import build_dataset
     from dataclasses import replace
 
-    from segbench.engine.evaluate import (collect_results, device_batch_size, evaluate, paper_protocol,
-                                          score_predictions, standard_evaluators)
+    from segbench.engine.evaluate import (collect_results, device_batch_size, evaluate, score_predictions,
+                                          standard_evaluators)
+    from segbench.engine.protocols import paper_protocol
     from segbench.runner import eval_record, resolve_device
 
     if (args.model is None) == (args.predictions is None):

@@ -22,8 +22,9 @@ import torch
 
 from segbench import dist
 from segbench.data.datasets import DATASETS, DatasetError, build_dataset
-from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
+from segbench.engine.evaluate import collect_results, evaluate, standard_evaluators
 from segbench.engine.inference import Protocol
+from segbench.engine.protocols import paper_protocol
 from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, read_log, recipe_from_dict,
                                    suite_recipe, train)
 from segbench.metrics.stats import save_per_image

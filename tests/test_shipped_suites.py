@@ -22,7 +22,7 @@ from checkpoint_writers import mmseg_cnn_state_dict, mmseg_state_dict, write_mms
 from layouts import write_ade, write_cityscapes
 from segbench import cli
 from segbench.data.datasets import DATASETS
-from segbench.engine.evaluate import MS_RATIOS
+from segbench.engine.protocols import MS_RATIOS
 from segbench.models import create_model
 from segbench.suite import load_suite
 
