@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segbench.errors import SegbenchError
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -215,9 +217,24 @@ def resize_views(image: np.ndarray, protocol: Protocol) -> list[np.ndarray]:
 
 def _uint8_sizes(height: int, width: int, protocol: Protocol, ratio: float) -> list[tuple[int, int]]:
     sizes = [rescaled_size(height, width, protocol, ratio)]
+    if min(sizes[0]) < 1:  # the official pipelines fail here too (cv2 cannot resize to nothing)
+        raise SegbenchError(f"a {height}x{width} image rescaled to {protocol.test_scale} x {ratio} has no pixels left "
+                            f"({sizes[0][0]}x{sizes[0][1]}): {protocol.source or 'this protocol'} cannot test it; "
+                            "leave such images out of the split")
     if protocol.size_divisor:
         sizes.append(aligned_size(*sizes[0], protocol.size_divisor))
     return sizes
+
+
+def model_inputs(image: np.ndarray, protocol: Protocol, mean, std, device="cpu",
+                 views: list[np.ndarray] | None = None) -> Iterator[torch.Tensor]:
+    """The normalised input of each scale (steps 1-4), a (1, 3, H, W) batch, or (2, 3, H, W)
+    with its flip second. ``views``: ``resize_views(image, protocol)``, if already made."""
+    for view in resize_views(image, protocol) if views is None else views:
+        x = normalize(view, mean, std, device)
+        fitted = fit_window(x, protocol.min_short_side)
+        # the official pipelines flip the image before resizing it: so does step 4 here
+        yield torch.cat([fitted, fit_window(x.flip(3), protocol.min_short_side)]) if protocol.flip else fitted
 
 
 @torch.inference_mode()
@@ -227,19 +244,11 @@ def predict(model, image: np.ndarray, protocol: Protocol, num_classes: int, devi
     of the views' softmax probabilities. ``views``: ``resize_views(image, protocol)``, if
     already made (e.g. by a data-loading worker)."""
     height, width = image.shape[:2]
-    info = model.info
-
-    def batches():  # each scale's view, with its flip
-        for view in resize_views(image, protocol) if views is None else views:
-            x = normalize(view, info.mean, info.std, device)
-            fitted = fit_window(x, protocol.min_short_side)
-            # the official pipelines flip the image before resizing it: so does step 4 here
-            yield torch.cat([fitted, fit_window(x.flip(3), protocol.min_short_side)]) if protocol.flip else fitted
-
+    batches = model_inputs(image, protocol, model.info.mean, model.info.std, device, views)
     if protocol.mode == "slide":
-        per_view = slide_logits(model, batches(), protocol.window, protocol.stride, num_classes, protocol.batch_size)
+        per_view = slide_logits(model, batches, protocol.window, protocol.stride, num_classes, protocol.batch_size)
     else:
-        per_view = (whole_logits(model, x, protocol.batch_size) for x in batches())
+        per_view = (whole_logits(model, x, protocol.batch_size) for x in batches)
     total = None
     for logits in per_view:
         for k, scores in enumerate(logits):  # the view, then its flip
