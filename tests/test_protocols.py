@@ -38,7 +38,7 @@ from segbench.models import IMAGENET_MEAN, IMAGENET_STD, VIT_MEAN, VIT_STD, Mode
 
 SIZES = [(375, 500), (49, 73), (1, 2000), (1024, 2048)]
 MS6 = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-MATERIALISE = 6_000_000  # views of more pixels than this are checked by their size only
+MATERIALISE = 3_000_000  # views of more pixels than this are checked by their size only
 
 
 # --- the official steps, written from the cited code ------------------------------------
