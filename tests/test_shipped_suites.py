@@ -92,13 +92,17 @@ def write_checkpoint(arch: str, path: Path, kind: str) -> str:
 
 
 def paper_protocol(kind: str, family: str, crop: int) -> dict:
-    """The single-scale protocol each paper reports (window / stride of its sliding window,
-    or the whole image), and the dataset's test resize."""
-    slide = {("ade20k", "segmenter"): (crop, crop - 32),  # Segmenter (mmseg configs): 512/480, 640/608
+    """The single-scale protocol each paper's official evaluation runs (window / stride of
+    its sliding window, or the whole image), and its test scale (README: Test protocols)."""
+    slide = {("ade20k", "segmenter"): (crop, crop - 32),  # segm/eval/miou.py: 512/480, 640/608
              ("ade20k", "setr"): (512, 341),  # SETR: 2/3 of the window
-             ("cityscapes", "segmenter"): (768, 512), ("cityscapes", "setr"): (768, 512),
-             ("cityscapes", "segformer"): (1024, 768)}.get((kind, family))
-    test_scale = [2048, crop] if kind == "ade20k" else [2048, 1024]
+             ("cityscapes", "segmenter"): (768, 736), ("cityscapes", "setr"): (768, 512),
+             ("cityscapes", "segformer"): (1024, 768),
+             ("pascal_context", "segmenter"): (480, 448), ("pascal_context", "setr"): (480, 320)}.get((kind, family))
+    test_scale = {("ade20k", "segformer"): [2048, crop], ("ade20k", "segmenter"): [2048, 512],
+                  ("ade20k", "setr"): [2048, 512], ("cityscapes", "setr"): [2049, 1025],
+                  ("pascal_context", "segmenter"): [4160, 520]}.get(
+        (kind, family), [2048, 1024] if kind == "cityscapes" else [520, 520] if kind == "pascal_context" else [2048, 512])
     if slide:
         return {"mode": "slide", "window": slide[0], "stride": slide[1], "test_scale": test_scale}
     return {"mode": "whole", "window": None, "stride": None, "test_scale": test_scale}
