@@ -35,8 +35,9 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.data.datasets import Synthetic
-from segbench.engine.evaluate import evaluate, paper_protocol, standard_evaluators
 from segbench.devices import AMP_DTYPES, device_name, synchronize
+from segbench.engine.evaluate import evaluate, standard_evaluators
+from segbench.engine.protocols import paper_protocol
 from segbench.models import create_model
 from segbench.models.segformer import convert_hf_state_dict, segformer_from_hf_config
 from segbench.models.segmenter import map_to_tokens

@@ -25,7 +25,7 @@ Conventions:
   ``batch_size="max"`` doubles the batch while it fits in memory (the Segmenter paper's
   images-per-second protocol: "we maximize the batch size allowed by memory").
 - pipeline throughput: the full test-time protocol of the model's paper on the given dataset
-  (``engine.evaluate.paper_protocol`` + ``engine.inference.predict``: resize, whole image or
+  (``engine.protocols.paper_protocol`` + ``engine.inference.predict``: resize, whole image or
   windows, upsampling to the image size, argmax), one image of the given size at a time.
 - peak memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``: weights,
   activations and workspaces, not the CUDA context); on CPU the process's peak resident
@@ -289,7 +289,7 @@ def pipeline_throughput(model: nn.Module, dataset_kind: str, height: int, width:
     ``dataset_kind``, one (height, width) image at a time, as ``segbench eval`` times it
     (``predict`` + argmax + copy to the CPU; reading images and metrics excluded)."""
     from segbench.data.datasets import DATASETS
-    from segbench.engine.evaluate import paper_protocol
+    from segbench.engine.protocols import paper_protocol
     from segbench.engine.inference import predict
 
     protocol = paper_protocol(model.info, DATASETS[dataset_kind])

@@ -28,8 +28,9 @@ import torch
 from segbench import dist
 from segbench.data.datasets import DatasetError, build_dataset, dataset_classes
 from segbench.devices import resolve_device
-from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
+from segbench.engine.evaluate import collect_results, evaluate, standard_evaluators
 from segbench.engine.inference import Protocol
+from segbench.engine.protocols import paper_protocol
 from segbench.engine.train import (LoopOptions, build_model, initialise_encoder, log_notes, read_log,
                                    recipe_from_dict, recipe_notes, suite_recipe, train)
 from segbench.errors import ResultsError, SegbenchError

@@ -1,6 +1,7 @@
 """User models (segbench.models.custom): Python factories and HuggingFace folders, their
 settings, checkpoints, training, and every kind of bad input, through suites as a user
 writes them, with their files outside the repository."""
+import json
 import textwrap
 from pathlib import Path
 
@@ -23,13 +24,19 @@ MODEL = (EXAMPLE / "model.py").read_text()
 
 def write_suite(folder: Path, data: Path, models: dict, extra: str = "", evaluate=None) -> Path:
     """A suite in ``folder`` over the folder dataset ``data``; ``models``: key -> entry (YAML text)."""
-    entries = "\n".join(f"  {key}:\n" + textwrap.indent(textwrap.dedent(body).strip(), "    ")
-                        for key, body in models.items())
+    entries = "\n".join(f"  {key}:\n" + textwrap.indent(_with_weights(textwrap.dedent(body).strip()), "    ")
+                         for key, body in models.items())
     evaluate = evaluate or "  - {dataset: shapes, bootstrap: 0, size_breakdown: false}"
     path = folder / "suite.yaml"
     path.write_text(f"name: user\ndevice: cpu\nresults: {folder / 'results'}\ndatasets:\n"
                     f"  shapes: {{kind: folder, root: {data}}}\nmodels:\n{entries}\nevaluate:\n{evaluate}\n{extra}")
     return path
+
+
+def _with_weights(entry: str) -> str:
+    """Factory models here are evaluated untrained, which a suite must say (`weights: random`)."""
+    given = any(key in entry for key in ("checkpoint:", "train:", "weights:", "arch: hf:", "arch: fcn"))
+    return entry if given else entry + "\nweights: random"
 
 
 @pytest.fixture
@@ -80,7 +87,7 @@ def test_suite_settings_override_the_models_info_and_reach_the_protocol(project,
     model = create_model(suite.models["slide"].arch, num_classes=3)
     assert model.info.mean == (1, 2, 3) and model.info.std == (4, 5, 6)
     from segbench.data.datasets import build_dataset
-    from segbench.engine.evaluate import paper_protocol
+    from segbench.engine.protocols import paper_protocol
 
     protocol = paper_protocol(model.info, build_dataset("folder", "val", str(data)))
     assert (protocol.mode, protocol.window, protocol.stride) == ("slide", 24, 16)
@@ -235,7 +242,7 @@ def test_registry_job_ids_are_unchanged():
 
     root = Path(__file__).resolve().parents[1]
     ids = {job.id for job in plan_jobs(load_suite(root / "suites" / "quickstart.yaml"))}
-    assert ids == {p.stem for p in (root / "baselines" / "quickstart").glob("*.json")}
+    assert ids == {json.loads(p.read_text())["job_id"] for p in (root / "baselines" / "quickstart").glob("*.json")}
 
 
 # --- HuggingFace folders -------------------------------------------------------------------------

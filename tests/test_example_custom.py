@@ -96,6 +96,6 @@ def test_example_model_with_compare_corrupt_cache_and_the_command_line(example, 
 
     # MODEL on the command line: relative to the working directory; the class count from the classes file
     os.chdir(suite.parent)
-    assert main(["eval", "model.py:build_model", "--dataset", "folder", "--root", str(data),
+    assert main(["eval", "model.py:build_model", "--dataset", "folder", "--root", str(data), "--random-weights",
                  "--out", str(tmp_path / "cli.json")]) == 2  # no protocol settings: the model's info lacks test_mode
     assert "protocol.test_mode" in capsys.readouterr().err

@@ -18,8 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.bench import randomize_statistics
 from segbench.data.datasets import Synthetic
-from segbench.engine.evaluate import evaluate, paper_protocol, standard_evaluators
+from segbench.engine.evaluate import evaluate, standard_evaluators
 from segbench.engine.inference import Protocol, inference_model, predict
+from segbench.engine.protocols import paper_protocol
 from segbench.models import create_model, reference_paths
 from segbench.models.segformer import AllMLPDecoder
 from segbench.models.segmenter import map_to_tokens, tokens_to_map

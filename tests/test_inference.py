@@ -1,17 +1,14 @@
-"""Test-time protocols: identities that must hold, window grids against the official
-formulas, and each family's paper protocol per dataset."""
+"""Test-time inference: identities that must hold and window grids against the official
+formulas (each family's protocol per dataset: tests/test_protocols.py)."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
-import pytest
 import torch
 import torch.nn as nn
 
-from segbench.data.datasets import ADE20K, Cityscapes, COCOStuff, PascalContext, PascalContext59, Synthetic
-from segbench.engine.evaluate import MS_RATIOS, paper_protocol
-from segbench.engine.inference import Protocol, predict, predict_slide, rescale_size, view_size, window_starts
+from segbench.engine.inference import Protocol, predict, predict_slide, window_starts
 from segbench.models import ModelInfo
 
 NUM_CLASSES = 5
@@ -111,60 +108,6 @@ def test_slide_averages_overlapping_logits_with_a_count_map():
     # windows start at 0, 3, 6 (last flush with the border); window means 1.5, 4.5, 7.5
     expected = torch.tensor([1.5, 1.5, 1.5, 3.0, 4.5, 4.5, 6.0, 7.5, 7.5, 7.5])
     torch.testing.assert_close(out[0, 0, 0], expected)
-
-
-def test_multiscale_ratios_scale_the_test_scale_as_mmseg_0x():
-    protocol = Protocol(test_scale=(2048, 512))
-    for ratio in MS_RATIOS:
-        # MultiScaleFlipAug: scale (int(2048 r), int(512 r)), then the keep-ratio rescale
-        assert view_size(375, 500, protocol, ratio) == rescale_size(375, 500, (int(2048 * ratio), int(512 * ratio)))
-    assert view_size(375, 500, protocol) == (512, 683)  # upscaled, as mmseg's Resize does
-    assert view_size(60, 90, Protocol(), 0.5) == (30, 45)  # no test scale: the image's own size
-    assert view_size(100, 150, Protocol(size_divisor=32)) == (128, 160)
-
-
-def info(family: str, crop: int = 512, mode: str = "slide") -> ModelInfo:
-    return ModelInfo(name=family, family=family, encoder="", decoder="", num_classes=150, patch_size=16,
-                     output_stride=4, crop_size=crop, test_mode=mode)
-
-
-class _Kind:
-    """A dataset stand-in with only what paper_protocol reads."""
-
-    def __init__(self, cls):
-        self.kind, self.test_scale = cls.kind, cls.test_scale
-
-
-@pytest.mark.parametrize("family, crop, dataset, expected", [
-    ("segmenter", 512, ADE20K, ("slide", 512, 480, (2048, 512))),
-    ("segmenter", 640, ADE20K, ("slide", 640, 608, (2048, 640))),
-    ("segmenter", 512, PascalContext, ("slide", 480, 320, (520, 520))),
-    ("segmenter", 512, Cityscapes, ("slide", 768, 512, (2048, 1024))),
-    ("setr", 512, ADE20K, ("slide", 512, 341, (2048, 512))),
-    ("setr", 512, Cityscapes, ("slide", 768, 512, (2048, 1024))),
-    ("setr", 512, PascalContext59, ("slide", 480, 320, None)),
-    ("segformer", 512, ADE20K, ("whole", None, None, (2048, 512))),
-    ("segformer", 640, ADE20K, ("whole", None, None, (2048, 640))),
-    ("segformer", 512, COCOStuff, ("whole", None, None, (2048, 512))),
-    ("segformer", 1024, Cityscapes, ("slide", 1024, 768, (2048, 1024))),
-    ("fcn", 512, ADE20K, ("whole", None, None, (2048, 512))),
-    ("deeplabv3plus", 512, Cityscapes, ("whole", None, None, (2048, 1024))),
-    ("segmenter", 128, Synthetic, ("slide", 128, 96, None)),
-])
-def test_paper_protocols(family, crop, dataset, expected):
-    protocol = paper_protocol(info(family, crop, "whole" if family in ("segformer", "fcn") else "slide"), _Kind(dataset))
-    assert (protocol.mode, protocol.window, protocol.stride, protocol.test_scale) == expected
-    assert protocol.source.startswith(f"{family} on {dataset.kind}")
-    assert protocol.size_divisor == (32 if family == "segformer" and protocol.mode == "whole" else None)
-    if family == "segmenter":
-        assert protocol.min_short_side == protocol.window
-    multi = paper_protocol(info(family, crop), _Kind(dataset), multi_scale=True)
-    assert multi.scales == MS_RATIOS and multi.flip and multi.mode == protocol.mode
-
-
-def test_a_model_stride_setting_takes_precedence():
-    protocol = paper_protocol(replace(info("segmenter"), test_stride=512), _Kind(ADE20K))
-    assert (protocol.window, protocol.stride) == (512, 512) and "from the model's settings" in protocol.source
 
 
 def test_logits_come_back_at_the_original_size_for_every_protocol():

@@ -19,10 +19,10 @@ import torch
 import yaml
 
 from checkpoint_writers import mmseg_cnn_state_dict, mmseg_state_dict, write_mmseg, write_official_segmenter
-from layouts import write_ade, write_cityscapes
+from layouts import write_ade, write_cityscapes, write_pascal_context
 from segbench import cli
 from segbench.data.datasets import DATASETS
-from segbench.engine.evaluate import MS_RATIOS
+from segbench.engine.protocols import MS_RATIOS
 from segbench.models import create_model
 from segbench.suite import load_suite
 
@@ -30,9 +30,11 @@ SUITES = Path(__file__).resolve().parents[1] / "suites"
 # The small models of each shipped suite, and those of them also evaluated multi-scale in CI
 # (6 scales x flip at the papers' test sizes: Segmenter's windows or 1024x2048 take minutes on a core;
 # the Cityscapes-C sweep covers none of the small models: it runs in the slow test).
-CI_MODELS = {"ade20k_all": ("seg_t16_mask", "segformer_b0"), "cityscapes_all": ("segformer_b0",)}
-CI_MULTI_SCALE = {"ade20k_all": ("segformer_b0",), "cityscapes_all": ()}
-ALL_MODELS = [(name, model) for name in ("ade20k_all", "cityscapes_all")
+# Pascal Context has no small released model: CI runs its smallest, FCN R101, single-scale only.
+CI_MODELS = {"ade20k_all": ("seg_t16_mask", "segformer_b0"), "cityscapes_all": ("segformer_b0",),
+             "pascal_context_all": ("fcn_r101",)}
+CI_MULTI_SCALE = {"ade20k_all": ("segformer_b0",), "cityscapes_all": (), "pascal_context_all": ()}
+ALL_MODELS = [(name, model) for name in CI_MODELS
               for model in yaml.safe_load((SUITES / f"{name}.yaml").read_text())["models"]]
 
 
@@ -43,6 +45,7 @@ def write_data(root: Path) -> None:
     label_ids = rng.integers(0, 34, (32, 64))
     instance_ids = np.where(label_ids == 26, 26000, label_ids).astype(np.uint16)  # one car instance
     write_cityscapes(root / "cityscapes", [label_ids], instance_ids=[instance_ids])
+    write_pascal_context(root, [rng.integers(0, 60, (36, 48))])  # VOCdevkit/VOC2010 under the data root
 
 
 def derive_suite(name: str, models: tuple[str, ...], multi_scale: tuple[str, ...], out: Path, quick: bool) -> Path:
@@ -92,13 +95,18 @@ def write_checkpoint(arch: str, path: Path, kind: str) -> str:
 
 
 def paper_protocol(kind: str, family: str, crop: int) -> dict:
-    """The single-scale protocol each paper reports (window / stride of its sliding window,
-    or the whole image), and the dataset's test resize."""
-    slide = {("ade20k", "segmenter"): (crop, crop - 32),  # Segmenter (mmseg configs): 512/480, 640/608
+    """The single-scale protocol each paper's official evaluation runs (window / stride of
+    its sliding window, or the whole image), and its test scale (README: Test protocols)."""
+    slide = {("ade20k", "segmenter"): (crop, crop - 32),  # segm/eval/miou.py: 512/480, 640/608
              ("ade20k", "setr"): (512, 341),  # SETR: 2/3 of the window
-             ("cityscapes", "segmenter"): (768, 512), ("cityscapes", "setr"): (768, 512),
-             ("cityscapes", "segformer"): (1024, 768)}.get((kind, family))
-    test_scale = [2048, crop] if kind == "ade20k" else [2048, 1024]
+             ("cityscapes", "segmenter"): (768, 736), ("cityscapes", "setr"): (768, 512),
+             ("cityscapes", "segformer"): (1024, 768),
+             ("pascal_context", "segmenter"): (480, 448), ("pascal_context", "setr"): (480, 320),
+             ("pascal_context", "fcn"): (480, 320), ("pascal_context", "deeplabv3plus"): (480, 320)}.get((kind, family))
+    test_scale = {("ade20k", "segformer"): [2048, crop], ("ade20k", "segmenter"): [2048, 512],
+                  ("ade20k", "setr"): [2048, 512], ("cityscapes", "setr"): [2049, 1025],
+                  ("pascal_context", "segmenter"): [4160, 520]}.get(
+        (kind, family), [2048, 1024] if kind == "cityscapes" else [520, 520] if kind == "pascal_context" else [2048, 512])
     if slide:
         return {"mode": "slide", "window": slide[0], "stride": slide[1], "test_scale": test_scale}
     return {"mode": "whole", "window": None, "stride": None, "test_scale": test_scale}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from segbench.data.datasets import build_dataset
-from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
+from segbench.engine.evaluate import collect_results, evaluate, standard_evaluators
+from segbench.engine.protocols import paper_protocol
 from segbench.engine.train import LoopOptions, RECIPES, build_model, train
 
 CHANCE_MIOU = 5.0

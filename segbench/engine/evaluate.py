@@ -4,8 +4,8 @@ model time measured apart from data loading and metric updates) or from a folder
 PNGs written by anything else (``score_predictions``); both go through the same loop and
 the same evaluators.
 
-Each model family's single-scale protocol follows its paper on each dataset (see
-``paper_protocol``); ``multi_scale`` adds ratios 0.5-1.75 and horizontal flip on top of it.
+Each model family's protocol follows its paper's official evaluation on each dataset
+(``engine.protocols.paper_protocol``).
 
 With ``workers > 0`` the images are read, decoded (or corrupted, or generated) and resized
 for the protocol's scales in DataLoader worker processes, ahead of the model: the same
@@ -14,7 +14,7 @@ samples in the same order, so the same results, with reading overlapping compute
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,75 +30,6 @@ from segbench.engine.inference import Protocol, inference_model, precision, pred
 from segbench.metrics.confusion import ConfusionMatrix
 from segbench.metrics.size import SizeBreakdown
 from segbench.metrics.stats import PerImageCounts, bootstrap_miou
-from segbench.models import ModelInfo
-
-MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-
-# Sliding windows (window, stride) of the official configs where a dataset has its own.
-# Elsewhere (ADE20K, COCO-Stuff, the synthetic set) the window is the model's training crop.
-PAPER_SLIDE = {
-    ("segmenter", "cityscapes"): (768, 512, "rstrudel/segmenter config.yml (cityscapes); mmseg Segmenter configs"),
-    ("segmenter", "pascal_context"): (480, 320, "rstrudel/segmenter config.yml (pascal_context)"),
-    ("setr", "cityscapes"): (768, 512, "fudan-zvg/SETR configs (768x768 cityscapes)"),
-    ("setr", "pascal_context"): (480, 320, "fudan-zvg/SETR configs (480x480 pascal_context)"),
-    ("segformer", "cityscapes"): (1024, 768, "NVlabs/SegFormer configs (1024x1024 city); paper Sec. 4.1"),
-    ("fcn", "pascal_context"): (480, 320, "mmseg FCN pascal_context configs"),
-    ("deeplabv3plus", "pascal_context"): (480, 320, "mmseg DeepLabv3+ pascal_context configs"),
-}
-WHOLE_IMAGE_FAMILIES = ("segformer", "fcn", "deeplabv3plus")  # their papers / mmseg configs test whole images
-
-
-def paper_protocol(info: ModelInfo, dataset: SegDataset, multi_scale: bool = False) -> Protocol:
-    """The single-scale (or multi-scale + flip) test protocol of the model's paper.
-
-    - Segmenter: sliding window = training crop, stride = crop - 32 on ADE20K (mmseg's
-      Segmenter configs: 512/480, 640/608), 768/512 Cityscapes, 480/320 Pascal Context;
-      the short side upscaled to at least the window (official ``inference``).
-    - SETR: sliding window, stride = 2/3 of the window (512/341 ADE20K, 768/512
-      Cityscapes, 480/320 Pascal Context, where SETR's own resize sets the short side to 520).
-    - SegFormer: whole image, sides resized up to multiples of 32 (ADE20K, COCO-Stuff);
-      Cityscapes sliding window 1024/768.
-    - CNN baselines (mmseg configs): whole image; Pascal Context 480/320 windows.
-    The test resize is the dataset's (mmseg 0.x): ADE20K and COCO-Stuff short side 512
-    (640 for the 640-crop variants), Cityscapes 2048x1024, Pascal Context long side 520.
-    Families or datasets without a paper setting (e.g. the synthetic set) use the model's
-    ``info.test_mode`` with its crop as window. ``info.test_stride`` (e.g. an official
-    checkpoint's setting) takes precedence over any stride here.
-    """
-    family, kind = info.family, dataset.kind.removesuffix("_59")
-    test_scale = dataset.test_scale
-    if kind == "ade20k" and info.crop_size == 640:
-        test_scale = (2048, 640)  # the 640x640 ADE20K configs (Segmenter ViT-L, SegFormer B5)
-    window = stride = min_short_side = size_divisor = None
-    if (family, kind) in PAPER_SLIDE:
-        window, stride, cited = PAPER_SLIDE[family, kind]
-        mode = "slide"
-    elif family in WHOLE_IMAGE_FAMILIES or (family not in ("segmenter", "setr") and info.test_mode == "whole"):
-        mode, cited = "whole", (f"{family} paper / mmseg configs: whole image" if family in WHOLE_IMAGE_FAMILIES
-                                else "the model's test_mode")
-    else:
-        mode, window = "slide", info.test_window or info.crop_size
-        stride = window * 2 // 3 if family == "setr" else window - 32
-        cited = ("fudan-zvg/SETR configs: stride 2/3 of the window" if family == "setr"
-                 else "mmseg Segmenter configs: stride = window - 32")
-    if mode == "slide" and info.test_stride:
-        stride, cited = info.test_stride, f"{cited}; stride {info.test_stride} from the model's settings"
-    if family == "segmenter" and mode == "slide":
-        min_short_side = window  # official inference: resize(im, window_size) upscales smaller images
-    if (family, kind) == ("setr", "pascal_context"):
-        test_scale, min_short_side = None, 520  # SETR's Resize(dataset='pascal_context'): short side 520
-    if family == "segformer" and mode == "whole":
-        size_divisor = 32  # SegFormer's AlignedResize / ResizeToMultiple
-    if info.test_scale or info.size_divisor:  # a user model's own settings (segbench.models.custom)
-        test_scale, size_divisor = info.test_scale or test_scale, info.size_divisor or size_divisor
-        cited += f"; test scale {test_scale}, size divisor {size_divisor} from the model's settings"
-    shape = f"slide {window}/{stride}" if mode == "slide" else "whole"
-    protocol = Protocol(mode=mode, window=window, stride=max(stride, 1) if stride else None, test_scale=test_scale,
-                        min_short_side=min_short_side, size_divisor=size_divisor,
-                        source=f"{family} on {dataset.kind}: {shape} ({cited})")
-    if multi_scale:
-        protocol = replace(protocol, scales=MS_RATIOS, flip=True, source=protocol.source + " + ratios 0.5-1.75, flip")
-    return protocol
 
 
 def device_batch_size(model, protocol: Protocol, device, amp: str | None = None, limit: int = 32) -> int:

@@ -1,24 +1,32 @@
 """Test-time protocols as plain functions: resize, whole image or sliding window,
 multi-scale and flip. Models only map a normalised batch to logits; everything that
-turns an image into a prediction at its original resolution is here.
+turns an image into a prediction at its original resolution is here. Which settings each
+paper uses on each dataset is ``engine.protocols``.
 
-Conventions (those of mmsegmentation 0.x, which produced the papers' numbers):
+The view chain of one scale, each step as the official pipelines (mmseg 0.x + mmcv 1.x,
+the papers' forks of it, Segmenter's own code) compute it:
 
-- the image is first resized per the dataset's test scale (keep ratio, cv2 bilinear on
-  the uint8 image), optionally to sides that are multiples of ``size_divisor``;
-- ``slide`` averages raw logits over overlapping windows with a count map; windows are
-  laid on a grid of ``max(H - window + stride - 1, 0) // stride + 1`` positions per axis,
-  the last one shifted back to end flush with the border;
-- multi-scale ratios multiply the test scale (mmseg 0.x ``MultiScaleFlipAug``: scale
-  (2048r, 512r), then the keep-ratio resize), or the image size when there is none; each
-  view's logits are flipped back, resized to the original image size, turned into softmax
-  probabilities and averaged (mmseg ``aug_test``, Segmenter ``inference``);
-- a single view returns logits (its argmax is the prediction);
-- a view and its flip go through the model together, and windows are batched across
-  views, flips and scales, ``batch_size`` crops of one size per forward pass.
+1. ``test_scale`` x ratio (mmseg 0.x ``MultiScaleFlipAug``: ``(int(long r), int(short r))``;
+   the image's own size x ratio when there is none), then mmcv's keep-ratio
+   ``imrescale`` of the uint8 image (cv2 bilinear; ``rescale_size``). With
+   ``short_side_floor`` the scale first becomes "short side = max(short, floor), long
+   side free" (SETR's ``Resize``);
+2. with ``size_divisor``: a second cv2 bilinear resize of that uint8 image to sides
+   rounded up to the divisor (SegFormer's ``AlignedResize``);
+3. normalisation as mmcv's ``imnormalize`` (float32: minus the float32 mean, times the
+   float32 reciprocal of the float32 std);
+4. with ``min_short_side``: the normalised float tensor resized with torch bilinear
+   (align_corners False) so its short side is exactly that (Segmenter's ``resize``);
+5. ``slide`` averages raw logits over overlapping windows with a count map; windows lie on
+   a grid of ``max(H - window + stride - 1, 0) // stride + 1`` positions per axis, the
+   last one flush with the border; ``whole`` runs the view as it is;
+6. each view's logits are resized (bilinear) to the original image size, flipped back,
+   turned into softmax probabilities and averaged over the views (mmseg ``aug_test``,
+   Segmenter ``inference``); a single view returns logits (its argmax is the prediction).
 
-Resizing the image for each scale (``resize_views``) needs no model, so data-loading
-workers can do it (``engine.evaluate``); ``predict`` takes the views it gets.
+A view and its flip go through the model together, and windows are batched across views,
+flips and scales, ``batch_size`` crops of one size per forward pass. Steps 1-2 need no
+model, so data-loading workers do them (``resize_views``, ``engine.evaluate``).
 """
 from __future__ import annotations
 
@@ -32,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segbench.errors import SegbenchError
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -41,8 +51,9 @@ class Protocol:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     test_scale: tuple[int, int] | None = None  # (long, short) keep-ratio resize before predicting
-    size_divisor: int | None = None  # round resized sides up to a multiple of this
-    min_short_side: int | None = None  # upscale so the short side is at least this (Segmenter)
+    short_side_floor: int | None = None  # SETR's Resize: short side max(scale's short, this), long side free
+    size_divisor: int | None = None  # a second uint8 resize to sides rounded up to a multiple of this
+    min_short_side: int | None = None  # the normalised tensor upscaled to this short side (Segmenter)
     batch_size: int = 8  # windows (or flipped views) per forward pass
     source: str = ""  # where these settings come from (paper, official config), for records
 
@@ -57,35 +68,72 @@ class Protocol:
         return len(self.scales) > 1 or self.flip
 
 
-def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """mmseg's keep-ratio rescale: fit the long side in scale[0] and the short in scale[1]."""
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+def rescale_size(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """mmcv's keep-ratio ``rescale_size``: one factor that fits the long side in max(scale)
+    and the short side in min(scale), sides rounded half up."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
+def short_side_scale(height: int, width: int, short: float) -> tuple[float, float]:
+    """SETR's ``Resize`` scale for a short side ``short``: (short * long / short_side, short),
+    in the image's orientation (float sides; ``rescale_size`` turns it into pixels)."""
+    return (short * height / width, short) if height > width else (short, short * width / height)
+
+
+def rescaled_size(height: int, width: int, protocol: Protocol, ratio: float = 1.0) -> tuple[int, int]:
+    """Step 1: the keep-ratio rescale of the uint8 image for one ratio."""
+    if protocol.test_scale is None:
+        return int(height * ratio + 0.5), int(width * ratio + 0.5)
+    scale = (int(protocol.test_scale[0] * ratio), int(protocol.test_scale[1] * ratio))
+    if protocol.short_side_floor is not None:
+        scale = short_side_scale(height, width, max(min(scale), protocol.short_side_floor))
+    return rescale_size(height, width, scale)
+
+
+def aligned_size(height: int, width: int, divisor: int) -> tuple[int, int]:
+    """Step 2: sides rounded up to a multiple of ``divisor`` (SegFormer's ``AlignedResize``)."""
+    return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+
+
+def window_fit_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """Step 4: Segmenter's ``resize``: the short side to ``short``, the long one to
+    int(aspect * short) (unchanged when the short side is already at least ``short``)."""
+    if min(height, width) >= short:
+        return height, width
+    return (short, int(width / height * short)) if height < width else (int(height / width * short), short)
+
+
 def view_size(height: int, width: int, protocol: Protocol, ratio: float = 1.0) -> tuple[int, int]:
-    """The (height, width) a view is predicted at."""
-    if protocol.test_scale is not None:
-        long_side, short_side = protocol.test_scale
-        height, width = rescale_size(height, width, (int(long_side * ratio), int(short_side * ratio)))
-    else:
-        height, width = int(height * ratio + 0.5), int(width * ratio + 0.5)
-    if protocol.min_short_side and min(height, width) < protocol.min_short_side:
-        factor = protocol.min_short_side / min(height, width)
-        height, width = int(height * factor), int(width * factor)
+    """The (height, width) the model sees for one ratio: steps 1, 2 and 4."""
+    height, width = rescaled_size(height, width, protocol, ratio)
     if protocol.size_divisor:
-        d = protocol.size_divisor
-        height, width = -(-height // d) * d, -(-width // d) * d
+        height, width = aligned_size(height, width, protocol.size_divisor)
+    if protocol.min_short_side:
+        height, width = window_fit_size(height, width, protocol.min_short_side)
     return height, width
 
 
+def _std_reciprocal(std) -> np.ndarray:
+    # mmseg's Normalize keeps float32 mean / std; mmcv's imnormalize multiplies by
+    # 1 / float64(std), which cv2 applies as a float32 factor
+    return (1.0 / np.float32(std).astype(np.float64)).astype(np.float32)
+
+
 def normalize(image: np.ndarray, mean, std, device) -> torch.Tensor:
-    """uint8 (H, W, 3) RGB -> float (1, 3, H, W), (x - mean) / std on the 0-255 scale."""
+    """uint8 (H, W, 3) RGB -> float32 (1, 3, H, W): (x - mean) * (1 / std) on the 0-255
+    scale, bit for bit as mmcv's ``imnormalize`` (step 3)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
-    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    mean = torch.from_numpy(np.float32(mean)).to(device).view(1, 3, 1, 1)
+    return x.sub_(mean).mul_(torch.from_numpy(_std_reciprocal(std)).to(device).view(1, 3, 1, 1))
+
+
+def fit_window(x: torch.Tensor, short: int | None) -> torch.Tensor:
+    """Step 4 on a normalised (B, 3, H, W) batch (torch bilinear, align_corners False)."""
+    if not short:
+        return x
+    size = window_fit_size(*x.shape[2:], short)
+    return x if size == tuple(x.shape[2:]) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -155,14 +203,38 @@ def predict_slide(model, x: torch.Tensor, window: int, stride: int, num_classes:
 
 
 def resize_views(image: np.ndarray, protocol: Protocol) -> list[np.ndarray]:
-    """The uint8 image resized for each of the protocol's scales (cv2 bilinear)."""
-    height, width = image.shape[:2]
+    """The uint8 image for each of the protocol's scales: steps 1 and 2 (cv2 bilinear;
+    cv2 returns an unchanged copy when a size does not change)."""
     views = []
     for ratio in protocol.scales:
-        view_h, view_w = view_size(height, width, protocol, ratio)
-        views.append(image if (view_h, view_w) == (height, width) else cv2.resize(
-            image, (view_w, view_h), interpolation=cv2.INTER_LINEAR))
+        view = image
+        for size in _uint8_sizes(*image.shape[:2], protocol, ratio):
+            if size != view.shape[:2]:
+                view = cv2.resize(view, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        views.append(view)
     return views
+
+
+def _uint8_sizes(height: int, width: int, protocol: Protocol, ratio: float) -> list[tuple[int, int]]:
+    sizes = [rescaled_size(height, width, protocol, ratio)]
+    if min(sizes[0]) < 1:  # the official pipelines fail here too (cv2 cannot resize to nothing)
+        raise SegbenchError(f"a {height}x{width} image rescaled to {protocol.test_scale} x {ratio} has no pixels left "
+                            f"({sizes[0][0]}x{sizes[0][1]}): {protocol.source or 'this protocol'} cannot test it; "
+                            "leave such images out of the split")
+    if protocol.size_divisor:
+        sizes.append(aligned_size(*sizes[0], protocol.size_divisor))
+    return sizes
+
+
+def model_inputs(image: np.ndarray, protocol: Protocol, mean, std, device="cpu",
+                 views: list[np.ndarray] | None = None) -> Iterator[torch.Tensor]:
+    """The normalised input of each scale (steps 1-4), a (1, 3, H, W) batch, or (2, 3, H, W)
+    with its flip second. ``views``: ``resize_views(image, protocol)``, if already made."""
+    for view in resize_views(image, protocol) if views is None else views:
+        x = normalize(view, mean, std, device)
+        fitted = fit_window(x, protocol.min_short_side)
+        # the official pipelines flip the image before resizing it: so does step 4 here
+        yield torch.cat([fitted, fit_window(x.flip(3), protocol.min_short_side)]) if protocol.flip else fitted
 
 
 @torch.inference_mode()
@@ -172,17 +244,11 @@ def predict(model, image: np.ndarray, protocol: Protocol, num_classes: int, devi
     of the views' softmax probabilities. ``views``: ``resize_views(image, protocol)``, if
     already made (e.g. by a data-loading worker)."""
     height, width = image.shape[:2]
-    info = model.info
-
-    def batches():  # each scale's view, with its flip
-        for view in resize_views(image, protocol) if views is None else views:
-            x = normalize(view, info.mean, info.std, device)
-            yield torch.cat([x, x.flip(3)]) if protocol.flip else x
-
+    batches = model_inputs(image, protocol, model.info.mean, model.info.std, device, views)
     if protocol.mode == "slide":
-        per_view = slide_logits(model, batches(), protocol.window, protocol.stride, num_classes, protocol.batch_size)
+        per_view = slide_logits(model, batches, protocol.window, protocol.stride, num_classes, protocol.batch_size)
     else:
-        per_view = (whole_logits(model, x, protocol.batch_size) for x in batches())
+        per_view = (whole_logits(model, x, protocol.batch_size) for x in batches)
     total = None
     for logits in per_view:
         for k, scores in enumerate(logits):  # the view, then its flip

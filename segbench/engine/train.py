@@ -468,7 +468,8 @@ def _restore(path: Path, model: nn.Module, optimizer, scaler, recipe: Recipe, op
 
 def _evaluate(model: nn.Module, dataset: SegDataset, device, max_images: int | None) -> dict:
     """Single-scale evaluation with the paper's protocol (engine.evaluate), back to training after."""
-    from segbench.engine.evaluate import collect_results, evaluate, paper_protocol, standard_evaluators
+    from segbench.engine.evaluate import collect_results, evaluate, standard_evaluators
+    from segbench.engine.protocols import paper_protocol
 
     evaluators = standard_evaluators(dataset, size_breakdown=False, bootstrap=0)
     evaluate(model, dataset, paper_protocol(model.info, dataset), evaluators, device, max_images)

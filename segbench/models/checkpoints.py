@@ -39,7 +39,8 @@ import yaml
 
 from segbench.errors import SegbenchError
 from segbench.files import atomic_write
-from segbench.models import IMAGENET_MEAN, IMAGENET_STD, VIT_MEAN, VIT_STD, ModelInfo, create_model
+from segbench.models import VIT_MEAN, VIT_STD, ModelInfo, create_model, list_models
+from segbench.models.segmenter import DEIT_MEAN, DEIT_STD
 
 SEGBENCH_FORMAT = "segbench-v1"
 SEGMENTER_FORMAT = "segmenter-official"
@@ -239,16 +240,19 @@ def _segmenter_official(payload: dict, path: Path, arch: str, num_classes: int, 
         expected = official_segmenter_name(net)
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{variant_path}: not an official Segmenter variant.yml ({exc})") from None
-    if not arch.startswith(expected):
+    if arch != expected and not arch.startswith(f"{expected}_"):
+        matching = [name for name in list_models(f"{expected}*") if name == expected or name.startswith(f"{expected}_")]
+        hint = (f"use arch: {' or '.join(matching)}" if matching else
+                "no segbench variant has this architecture (`segbench models 'segmenter_*'` lists them)")
         raise CheckpointError(f"{variant_path}: net_kwargs describe {expected} (backbone {net.get('backbone')}, "
-                              f"decoder {net['decoder']['name']}), not {arch}; use arch: {expected}")
+                              f"decoder {net['decoder']['name']}), not {arch}; {hint}")
     image_size = net.get("image_size") or variant.get("inference_kwargs", {}).get("window_size")
     converted.crop_size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
     vit = net.get("normalization", "vit") == "vit"
     # The window is the training crop, as in the official evaluation script (segm/eval/miou.py),
     # which also fixes the stride to crop - 32: that is the info's default, so test_stride stays None.
-    converted.info = {"crop_size": converted.crop_size, "mean": VIT_MEAN if vit else IMAGENET_MEAN,
-                      "std": VIT_STD if vit else IMAGENET_STD}
+    converted.info = {"crop_size": converted.crop_size, "mean": VIT_MEAN if vit else DEIT_MEAN,
+                      "std": VIT_STD if vit else DEIT_STD}
     inference = variant.get("inference_kwargs", {})
     converted.notes.append(f"variant.yml: {expected}, crop {converted.crop_size}, normalization "
                            f"{net.get('normalization')}, inference_kwargs {inference}")

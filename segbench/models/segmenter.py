@@ -13,8 +13,9 @@ here, and the checkpoint loader reports those keys as ignored.
 Variant names: ``segmenter_{encoder}{patch}_{decoder}[_{crop}]``
 
 - encoder: ``t`` / ``s`` / ``b`` / ``l`` (ViT-Ti/S/B/L, augreg ImageNet-21k weights,
-  mean = std = 0.5) or ``deit_b`` (DeiT-B distilled, Seg-B-dagger: ImageNet mean/std, a
-  distillation token and N + 2 position embeddings);
+  mean = std = 0.5) or ``deit_t`` / ``deit_s`` / ``deit_b`` (DeiT-Ti/S/B distilled, the
+  official config.yml's DeiT backbones, Seg-B-dagger for B: ImageNet mean/std rounded as the
+  official code rounds them, a distillation token and N + 2 position embeddings);
 - patch: 8, 16 or 32, where the paper has them (Table 3);
 - decoder: ``linear``, ``mask`` (mask transformer, 2 layers) or ``mask1`` (1 layer, the
   Cityscapes Seg-L-Mask/16 of Sec. 4.4);
@@ -29,13 +30,14 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
-from segbench.models import IMAGENET_MEAN, IMAGENET_STD, VIT_MEAN, VIT_STD, ModelInfo, register_model
+from segbench.models import VIT_MEAN, VIT_STD, ModelInfo, register_model
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-5)
 
@@ -209,7 +211,14 @@ VIT_T = dict(dim=192, depth=12, heads=3)
 VIT_S = dict(dim=384, depth=12, heads=6)
 VIT_B = dict(dim=768, depth=12, heads=12)
 VIT_L = dict(dim=1024, depth=24, heads=16)
-DEIT_B = dict(VIT_B, distilled=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+# rstrudel/segmenter segm/data/base.py normalises with np.round(255 * stats, 2) of the DeiT
+# ImageNet statistics (segm/data/utils.py STATS["deit"]): these, not mmseg's 123.675 / 58.395.
+DEIT_MEAN = tuple(float(v) for v in np.round(255 * np.array((0.485, 0.456, 0.406)), 2))  # 123.68, 116.28, 103.53
+DEIT_STD = tuple(float(v) for v in np.round(255 * np.array((0.229, 0.224, 0.225)), 2))  # 58.4, 57.12, 57.38
+DEIT = dict(distilled=True, mean=DEIT_MEAN, std=DEIT_STD)
+DEIT_T = dict(VIT_T, **DEIT)  # config.yml deit_tiny_distilled_patch16_224
+DEIT_S = dict(VIT_S, **DEIT)  # config.yml deit_small_distilled_patch16_224
+DEIT_B = dict(VIT_B, **DEIT)  # config.yml deit_base_distilled_patch16_384
 
 
 @register_model
@@ -260,6 +269,26 @@ def segmenter_b16_mask(num_classes: int, **kw) -> Segmenter:
 @register_model
 def segmenter_b8_linear(num_classes: int, **kw) -> Segmenter:
     return _segmenter(num_classes, encoder="vit_b8", patch_size=8, decoder="linear", **VIT_B, **kw)
+
+
+@register_model
+def segmenter_deit_t16_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="deit_t16", patch_size=16, decoder="linear", **DEIT_T, **kw)
+
+
+@register_model
+def segmenter_deit_t16_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="deit_t16", patch_size=16, decoder="mask", **DEIT_T, **kw)
+
+
+@register_model
+def segmenter_deit_s16_linear(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="deit_s16", patch_size=16, decoder="linear", **DEIT_S, **kw)
+
+
+@register_model
+def segmenter_deit_s16_mask(num_classes: int, **kw) -> Segmenter:
+    return _segmenter(num_classes, encoder="deit_s16", patch_size=16, decoder="mask", **DEIT_S, **kw)
 
 
 @register_model

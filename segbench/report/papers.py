@@ -1,5 +1,5 @@
-"""Tables in the shape of the papers' tables (Segmenter Tables 3, 4, 6; SETR Tables 2, 4;
-SegFormer Tables 1a, 2): each quantity the paper reports, measured from the records, beside
+"""Tables in the shape of the papers' tables (Segmenter Tables 3, 4, 6, 7, 8; SETR Tables 2,
+4, 5, 6; SegFormer Tables 1a, 2): each quantity the paper reports, measured from the records, beside
 the paper's number (``segbench/reference``) and the difference. SegFormer Table 5 is the
 robustness section's (``robustness.py``).
 
@@ -74,6 +74,13 @@ PAPER_TABLES = (
                "mIoU (%) single scale and multi-scale + flip. Im/sec as in Table 3.",
                (_ade("Im/sec", "images_per_s", "profile", "images_per_second", input=(512, 512)),
                 _miou("mIoU (SS)", "miou_ss", "ade20k"), _miou("mIoU (MS)", "miou_ms", "ade20k", MS))),
+    PaperTable("Segmenter", "7", "Segmenter Table 7: state of the art (Pascal Context val)",
+               "mIoU (%) multi-scale + flip (the paper's only column), 60 classes with background; crop and "
+               "window 480. Measured with the official evaluation's protocol (README: Test protocols).",
+               (_miou("mIoU (MS)", "miou_ms", "pascal_context", MS),)),
+    PaperTable("Segmenter", "8", "Segmenter Table 8: state of the art (Cityscapes val)",
+               "mIoU (%) multi-scale + flip (the paper's only column); crop and window 768.",
+               (_miou("mIoU (MS)", "miou_ms", "cityscapes", MS),)),
     PaperTable("SETR", "2", "SETR Table 2: SETR variants (Cityscapes val)",
                "Single-scale mIoU (%) after 40k / 80k iterations (batch 8); Δ against the 80k column, the "
                "schedule of mmsegmentation's SETR Cityscapes configs. #Params from the profile record.",
@@ -85,6 +92,16 @@ PAPER_TABLES = (
                (_miou("mIoU (SS)", "miou_ss", "ade20k"), _miou("mIoU (MS)", "miou_ms", "ade20k", MS),
                 _ade("Pixel Acc. (SS)", "pixel_acc_ss", "eval", "aAcc"),
                 _ade("Pixel Acc. (MS)", "pixel_acc_ms", "eval", "aAcc", protocol=MS))),
+    PaperTable("SETR", "5", "SETR Table 5: Pascal Context val",
+               "mIoU (%) single scale (SS) and multi-scale + flip (MS), 60 classes with background, 80k iterations.",
+               (_miou("mIoU (SS)", "miou_ss", "pascal_context"), _miou("mIoU (MS)", "miou_ms", "pascal_context", MS))),
+    PaperTable("SETR", "6", "SETR Table 6: Cityscapes val",
+               "mIoU (%) single scale (SS) and multi-scale + flip (MS) after 40k / 80k iterations (batch 8); ours "
+               "beside the 80k columns, the schedule of the released Cityscapes models.",
+               (Quantity("mIoU 40k (SS)", "miou_ss_40k", None, dataset="cityscapes"),
+                Quantity("mIoU 40k (MS)", "miou_ms_40k", None, dataset="cityscapes", protocol=MS),
+                _miou("mIoU 80k (SS)", "miou_ss_80k", "cityscapes"),
+                _miou("mIoU 80k (MS)", "miou_ms_80k", "cityscapes", MS))),
     PaperTable("SegFormer", "1a", "SegFormer Table 1a: model size, flops and accuracy",
                "Params in millions (encoder, decoder); Flops = multiply-accumulates (G) at the reference's input "
                "size, from the profile record at that size; mIoU (%) single / multi-scale.",
