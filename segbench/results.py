@@ -27,7 +27,7 @@ from segbench.errors import ResultsError
 from segbench.files import atomic_write
 from segbench.identity import ID_VERSION, file_sha256  # noqa: F401  (file_sha256: one helper for every caller)
 
-SCHEMA_VERSION = 2  # 2: `dataset` is the kind and `split` a field of its own in every kind; id_version
+SCHEMA_VERSION = 2  # 2: `dataset` without its split and `split` a field of its own in every kind; id_version
 
 
 class RecordFormatError(ResultsError):
@@ -183,7 +183,7 @@ class Record:
     model: str  # the suite's name for the model
     arch: str | None  # its registry name (None: scored predictions)
     status: str  # ok | error
-    dataset: str  # dataset kind, e.g. "ade20k"
+    dataset: str  # the dataset without its split: the kind ("ade20k"), a folder dataset's name, "acdc/fog"
     split: str | None  # e.g. "val" (None: profile records, which read no data)
     finished: str
     env: dict

@@ -247,7 +247,7 @@ class Runner:
             metrics.update({f"val_{k}": v for k, v in evaluations[-1]["eval"].items()})
         ran = recipe.iters - summary.resumed_from
         return {"checkpoint": str(summary.checkpoint), "checkpoint_sha256": file_sha256(summary.checkpoint),
-                "recipe": asdict(recipe), "dataset": data["kind"], "split": spec.split, "metrics": metrics,
+                "recipe": asdict(recipe), "dataset": dataset.title, "split": spec.split, "metrics": metrics,
                 "train_log": str(summary.log), "resumed_from": summary.resumed_from,
                 "notes": notes + summary.notes + log_notes(summary.log),
                 "timings": {"seconds": summary.seconds, "iterations": ran,
@@ -347,7 +347,7 @@ class Runner:
                 save_per_image(self.results_dir / per_image_file, evaluators[0].per_image, dataset.classes)
         return {"checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
                 "checkpoint_load": self.load_report(), "random_weights": bool(config.get("random_weights")),
-                "dataset": config["dataset"]["kind"], "split": spec["split"], "protocol_name": spec["protocol"],
+                "dataset": dataset.title, "split": spec["split"], "protocol_name": spec["protocol"],
                 "protocol": asdict(protocol), "metrics": collect_results(evaluators),
                 "per_image_file": per_image_file, "timings": timing.as_dict(),
                 **({"previews": previews[0].written} if previews else {})}, dataset

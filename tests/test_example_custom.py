@@ -42,7 +42,7 @@ def test_example_suite_runs_every_stage_reports_and_gates(example, tmp_path, cap
         assert r["model"] == "tiny" and r["arch"].startswith("model.py:build_model ")
     ss = evals["single_scale"]
     assert ss["protocol"]["mode"] == "whole" and "the model's test_mode" in ss["protocol"]["source"]
-    assert ss["dataset"] == "shapes/val" and 0 <= ss["metrics"]["mIoU"] <= 100
+    assert (ss["dataset"], ss["split"]) == ("shapes", "val") and 0 <= ss["metrics"]["mIoU"] <= 100
     assert "size" in ss["metrics"] and ss["metrics"]["mIoU_ci"]
     assert (results / ss["per_image_file"]).is_file()
     profile = next(r for r in records if r["kind"] == "profile")

@@ -119,6 +119,12 @@ class SegDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def title(self) -> str:
+        """The dataset without its split, as records name it: the kind for the official
+        datasets ("ade20k"), a folder dataset's own name, "acdc/fog" for one ACDC condition."""
+        return self.name.rpartition("/")[0] or self.name
+
     @classmethod
     def class_names_for(cls, root: str | os.PathLike | None, **options) -> tuple[str, ...]:
         """The classes of the dataset at ``root``, without reading its images (a folder
