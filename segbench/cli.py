@@ -549,7 +549,11 @@ def cmd_check(args) -> int:
         lines.append(f"{len(result.pairing.new)} records not in the baseline (not checked): "
                      + ", ".join(f"{r['job_id'][:8]} {r['kind']} {r.get('model', '')}" for r in result.pairing.new[:5])
                      + (" ..." if len(result.pairing.new) > 5 else ""))
-    lines.append("check passed" if result.ok else "check FAILED: regressions against the baseline")
+    for path, why in result.unreadable:
+        lines.append(f"{path}: {why}")
+    if result.environments:
+        lines.append(f"environment differs from the baseline's: {result.environments_text}")
+    lines.append("check passed" if result.ok else "check FAILED: " + "; ".join(result.reasons))
     for line in lines:
         out.print(line, highlight=False)
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -63,9 +63,34 @@ def read_record(path: Path) -> dict | None:
 
 def load_records(results_dir: str | os.PathLike) -> list[dict]:
     """Every record under a folder (recursively), oldest first."""
-    records = [read_record(p) for p in sorted(Path(results_dir).rglob("*.json"))]
-    records = [r for r in records if r and "job_id" in r and "schema" in r]
-    return sorted(records, key=lambda r: r.get("finished") or "")
+    return scan_records(results_dir)[0]
+
+
+def scan_records(results_dir: str | os.PathLike) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Every record under a folder (recursively), oldest first, and the record files that could
+    not be used, each with why: unreadable, not JSON, or a record without the fields every
+    record has. JSON files that are not records (no ``job_id`` and no ``schema``: a dataset
+    manifest, a model config) are neither."""
+    records, problems = [], []
+    for path in sorted(Path(results_dir).rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except OSError as exc:
+            problems.append((path, f"unreadable ({exc.strerror or exc})"))
+            continue
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.append((path, f"not valid JSON ({exc})"))
+            continue
+        if not isinstance(record, dict) or not ({"job_id", "schema"} & set(record)):
+            continue
+        missing = [key for key in ("job_id", "schema", "kind", "status") if key not in record]
+        if not missing and record["status"] == "ok" and not isinstance(record.get("metrics"), dict):
+            missing = ["metrics"]
+        if missing:
+            problems.append((path, f"not a complete record: no {', '.join(f'`{m}`' for m in missing)}"))
+            continue
+        records.append(record)
+    return sorted(records, key=lambda r: r.get("finished") or ""), problems
 
 
 def records_frame(records: list[dict]):
@@ -92,6 +117,29 @@ def git_sha() -> str | None:
         return None
 
 
+ENV_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scipy", "pillow", "opencv-python", "imagecorruptions-imaug")
+
+
+def _installed_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> dict:
     """Where a record was produced: library versions, device, threads, git commit."""
     import timm
@@ -108,6 +156,10 @@ def environment(device: str) -> dict:
         "device": device,
         "device_name": platform.processor() or platform.machine(),
         "git_sha": git_sha(),
+        # the resolved versions of the packages the numbers depend on (requirements.lock pins them):
+        # `segbench check` reports differences beside any regression
+        "packages": {name: _installed_version(name) for name in ENV_PACKAGES},
+        "cpu": _cpu_model(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
