@@ -93,6 +93,8 @@ def cmd_run(args) -> int:
     report_files = []
     if suite.report and not args.no_report:
         report_files = report.render(suite.results_dir, suite.report)
+        for line in report.skipped(suite.results_dir):
+            print(f"segbench report: skipped {line}", file=sys.stderr)
     failed = [r for r in records if r["status"] != "ok"]
     if args.json:
         _print_json({"suite": suite.name, "results": str(suite.results_dir), "records": records,
@@ -478,6 +480,8 @@ def cmd_report(args) -> int:
 
     if not Path(args.results).is_dir():
         raise UsageError(f"{args.results}: no such results folder")
+    for line in report.skipped(args.results):
+        print(f"segbench report: skipped {line}", file=sys.stderr)
     if not load_records(args.results):
         raise UsageError(f"{args.results}: no records in this folder (write some with `segbench run SUITE`)")
     files = report.render(args.results, args.out)

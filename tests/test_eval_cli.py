@@ -122,3 +122,21 @@ def test_auto_ids_ask_when_label_id_predictions_fit_both_spaces(tmp_path, capsys
     write_predictions(tmp_path / "train_ids", dataset)
     as_train = run_json(capsys, args[:-1] + [str(tmp_path / "train_ids")])
     assert as_train["ids"] == "train" and "unlabelled as label ids" in as_train["ids_note"]
+
+
+def test_compare_names_a_missing_or_damaged_per_image_file(tmp_path, capsys, synthetic_root):
+    dataset = build_dataset("synthetic", "val", str(synthetic_root))
+    write_predictions(tmp_path / "preds", dataset)
+    args = ["eval", "--dataset", "synthetic", "--root", str(synthetic_root), "--no-size", "--bootstrap", "0",
+            "--predictions", str(tmp_path / "preds")]
+    for name in ("a", "b"):
+        assert main(args + ["--out", str(tmp_path / f"{name}.json")]) == 0
+    sidecar = tmp_path / json.loads((tmp_path / "b.json").read_text())["per_image_file"]
+    sidecar.unlink()  # as in a baseline folder that kept only the records
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'b.json'}: its per-image counts {sidecar} are missing" in err and "Traceback" not in err
+    sidecar.write_bytes(b"not an npz")
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert f"{sidecar}: unreadable per-image counts" in capsys.readouterr().err
