@@ -312,6 +312,9 @@ def compare(baseline: dict, current: dict, matched_by: str, rule: Rule, policy: 
             return finding
     if broken:
         finding.verdict = "regression"
+        if differences:  # gated anyway (a fixed checkpoint, or `always`): say what else changed
+            finding.note = "; ".join(filter(None, [finding.note, f"environment differs: "
+                                                                 f"{differences_text(differences)}"]))
     return finding
 
 

@@ -274,7 +274,10 @@ def test_environment_differences_are_reported_and_ungate_trained_accuracy_and_ti
     assert code == 1 and "REGRESSION" in out and "torch 2.15.0 -> 2.14.1" in out
     rr.write(current, [rr.eval_record("f1", "m2", "fcn_micro", 30.0) | {"env": {**rr.ENV, "torch": "2.14.1"}}])
     tolerances.write_text("metrics:\n  mIoU: {drop: 1.0}\n")
-    assert run_check(capsys, current, base, tolerances)[0] == 1  # a fixed checkpoint's drop is a regression anywhere
+    code, out = run_check(capsys, current, base, tolerances, "--json")
+    assert code == 1  # a fixed checkpoint's drop is a regression anywhere, with what else changed beside it
+    (regression,) = [f for f in json.loads(out)["findings"] if f["verdict"] == "regression"]
+    assert regression["job_id"] == "f1" and regression["note"] == "environment differs: torch 2.15.0 -> 2.14.1"
 
 
 def test_timings_are_not_gated_across_environments():
