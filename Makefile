@@ -14,7 +14,7 @@ BIN    := $(VENV)/bin
 UV     := uv==0.13.8
 
 $(BIN)/segbench: pyproject.toml requirements.lock
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)  # exactly the lock: nothing left from an earlier install
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
