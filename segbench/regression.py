@@ -49,7 +49,7 @@ MACHINE_FIELDS = ("host", "platform", "device", "device_name", "threads")  # of 
 ENVIRONMENT_POLICIES = ("same_environment", "always")
 # what trains other weights from the same seed, or times differently (of a record's `env`;
 # `packages` adds every resolved package version the record lists)
-ENVIRONMENT_FIELDS = ("python", "torch", "numpy", "threads", "cpu")
+ENVIRONMENT_FIELDS = ("python", "torch", "numpy", "timm", "threads", "cpu")
 
 
 class CheckError(SegbenchError, ValueError):
@@ -192,7 +192,7 @@ def environment(record: dict) -> dict:
     env = record.get("env") or {}
     found = {key: env.get(key) for key in ENVIRONMENT_FIELDS}
     for name, version in (env.get("packages") or {}).items():
-        found.setdefault(name, version)  # torch and numpy are there already, with their build tags
+        found.setdefault(name, version)  # torch, numpy and timm are there already (torch with its build tag)
     return found
 
 
