@@ -186,7 +186,7 @@ def metric_value(record: dict, path: str):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def environment(record: dict) -> dict:
+def record_environment(record: dict) -> dict:
     """The parts of a record's ``env`` its numbers depend on (``ENVIRONMENT_FIELDS`` and each
     recorded package version); None where the record does not say."""
     env = record.get("env") or {}
@@ -198,7 +198,7 @@ def environment(record: dict) -> dict:
 
 def environment_differences(baseline: dict, current: dict) -> dict[str, tuple]:
     """{field: (baseline's, current's)} for every environment field the two records differ in."""
-    before, after = environment(baseline), environment(current)
+    before, after = record_environment(baseline), record_environment(current)
     return {key: (before.get(key), after.get(key)) for key in sorted(set(before) | set(after), key=_env_order)
             if before.get(key) != after.get(key)}
 
