@@ -207,13 +207,17 @@ def training_section(records: list[dict]) -> Section | None:
 
 def skipped(results_dir: str | Path) -> list[str]:
     """One line per record file under ``results_dir`` that a report leaves out, and why."""
-    return [f"{path}: {why}" for path, why in scan_records(results_dir)[1]]
+    return _problem_lines(scan_records(results_dir)[1])
+
+
+def _problem_lines(problems: list[tuple[Path, str]]) -> list[str]:
+    return [f"{path}: {why}" for path, why in problems]
 
 
 def skipped_section(problems: list[tuple[Path, str]]) -> Section:
     return Section("Skipped records", "These files look like records but could not be used; nothing from them is "
                                       "in this report. Re-run their jobs (or delete the files).",
-                   items=[f"{path}: {why}" for path, why in problems])
+                   items=_problem_lines(problems))
 
 
 def failed_section(records: list[dict]) -> Section | None:

@@ -13,9 +13,8 @@
 - relative CD divides by the reference's own loss against its clean mIoU, so a reference that
   barely degrades under a corruption makes it explode (the quickstart's first reference,
   segmenter_p32, lost less than 1 point under every corruption and gave relative mCDs of
-  -9408 and -1037). Where the reference
-  loses less than ``MIN_REFERENCE_DROP`` mIoU points on average over the corruption's
-  severities, that corruption's relative CD is unstable: NaN, listed in
+  -9408 and -1037). Where the reference loses less than ``MIN_REFERENCE_DROP`` mIoU points
+  on average over the corruption's severities, that corruption's relative CD is unstable: NaN, listed in
   ``relative_CD_unstable``, and left out of the relative mCD (every model shares the reference,
   so all are averaged over the same corruptions). CD itself divides by the reference's whole
   degradation (1 - mIoU), which is never small, and is always given.
