@@ -94,6 +94,8 @@ def cmd_run(args) -> int:
     report_files = []
     if suite.report and not args.no_report:
         report_files = report.render(suite.results_dir, suite.report)
+        for line in report.skipped(suite.results_dir):
+            print(f"segbench report: skipped {line}", file=sys.stderr)
     failed = [r for r in records if r["status"] != "ok"]
     if args.json:
         _print_json({"suite": suite.name, "results": str(suite.results_dir), "records": records,
@@ -463,11 +465,13 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from segbench import report
 
-    from segbench.results import load_records
+    from segbench.results import scan_records
 
     if not Path(args.results).is_dir():
         raise UsageError(f"{args.results}: no such results folder")
-    if not load_records(args.results):
+    for line in report.skipped(args.results):
+        print(f"segbench report: skipped {line}", file=sys.stderr)
+    if not scan_records(args.results)[0]:
         raise UsageError(f"{args.results}: no records in this folder (write some with `segbench run SUITE`)")
     files = report.render(args.results, args.out)
     if args.json:
@@ -535,7 +539,11 @@ def cmd_check(args) -> int:
         lines.append(f"{len(result.pairing.new)} records not in the baseline (not checked): "
                      + ", ".join(f"{r['job_id'][:8]} {r['kind']} {r.get('model', '')}" for r in result.pairing.new[:5])
                      + (" ..." if len(result.pairing.new) > 5 else ""))
-    lines.append("check passed" if result.ok else "check FAILED: regressions against the baseline")
+    for path, why in result.unreadable:
+        lines.append(f"{path}: {why}")
+    if result.environments:
+        lines.append(f"environment differs from the baseline's: {result.environments_text}")
+    lines.append("check passed" if result.ok else "check FAILED: " + "; ".join(result.reasons))
     for line in lines:
         out.print(line, highlight=False)
     return EXIT_OK if result.ok else EXIT_FAILED

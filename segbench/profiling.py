@@ -12,7 +12,10 @@ Conventions:
   ``torch.utils.flop_counter.FlopCounterMode`` (its total / 2: it counts a multiply-add as 2
   FLOPs). It counts convolutions and matrix products, attention included
   (``scaled_dot_product_attention`` and explicit ``q @ k``), not element-wise work (norms,
-  activations, softmax, bias adds, resizing). It runs on the meta device: shapes only, no
+  activations, softmax, bias adds, resizing). Attention has one formula of segbench's for
+  every SDPA kernel torch may dispatch to (``ATTENTION_FORMULAS``: torch's own counter misses
+  some, e.g. 2.14's CPU kernel), so the count does not depend on the torch version or device;
+  an attention operator without a formula is an error (``UncountedOperatorError``). It runs on the meta device: shapes only, no
   memory and no arithmetic, so ViT-L at 640 x 640 takes about a second. On SegFormer this
   reproduces the paper's tables (mmcv's module counter plus attention) to 0.5 % or better.
 - ``macs_fvcore``: fvcore's ``FlopCountAnalysis`` total (fvcore's "flop" is one multiply-add)
@@ -37,6 +40,7 @@ Weights are randomly initialised: none of these numbers depends on their values.
 """
 from __future__ import annotations
 
+import math
 import re
 import resource
 import sys
@@ -49,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.devices import device_name, synchronize
@@ -86,15 +91,63 @@ def count_params(model: nn.Module) -> dict[str, int]:
             "params_aux": under("aux_heads.")}
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs (2 per multiply-add) of attention on (..., L, E) queries, (..., S, E) keys and
+    (..., S, Ev) values: Q K^T (L S E multiply-adds) and softmax(.) V (L S Ev) per batch and
+    head. Key/value heads fewer than the query's (grouped-query attention) are broadcast."""
+    *batch, length, dim = query_shape
+    source, value_dim = key_shape[-2], value_shape[-1]
+    return 2 * math.prod(batch) * length * source * (dim + value_dim)
+
+
+# Every scaled_dot_product_attention kernel that takes (query, key, value) first, in the
+# (batch, heads, length, dim) layout. Which one F.scaled_dot_product_attention dispatches to
+# depends on the torch version, the device and the inputs (torch 2.14's CPU kernel is
+# ``_scaled_dot_product_flash_attention_for_cpu``, which its FlopCounterMode does not count;
+# the meta device takes the math path: bmm, counted as matrix products). One formula for all
+# of them, so the count does not depend on the kernel; names this torch lacks are skipped.
+SDPA_KERNELS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+                "_scaled_dot_product_fused_attention_overrideable", "_scaled_dot_product_attention_math_for_mps")
+ATTENTION_FORMULAS = {getattr(torch.ops.aten, name): _sdpa_flops for name in SDPA_KERNELS
+                      if hasattr(torch.ops.aten, name)}
+
+
+class UncountedOperatorError(RuntimeError):
+    """An attention operator ran that the MAC counter has no formula for (a kernel this
+    version of segbench does not know): the count would silently leave attention out."""
+
+
+class _UncountedAttentionGuard(TorchDispatchMode):
+    """Entered outside a FlopCounterMode, it sees each operator the counter executes after
+    its own decompositions, i.e. exactly the operators the counter counts or skips; an
+    attention operator the counter has no formula for is an error naming it."""
+
+    def __init__(self, registry: dict):
+        super().__init__()
+        self.registry = registry
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func._overloadpacket
+        if "attention" in str(packet) and packet not in self.registry:
+            raise UncountedOperatorError(
+                f"MAC counting: {packet} ran but has no FLOP formula (torch {torch.__version__}), so attention would "
+                f"be left out of the count; add it to segbench.profiling.ATTENTION_FORMULAS")
+        return func(*args, **(kwargs or {}))
+
+
 def count_macs(model: nn.Module, height: int, width: int) -> tuple[int, list[dict], dict[str, int]]:
     """Multiply-accumulates of ``model(x)`` for one ``(1, 3, height, width)`` input on the
     model's device (build the model on the meta device to count without memory or compute).
+    Attention is counted whichever kernel torch dispatches to (``ATTENTION_FORMULAS``); an
+    attention operator without a formula raises ``UncountedOperatorError``.
 
     Returns the total, a per-module breakdown (``by_module_rows``) and the total per operator.
     """
     device = next(model.parameters()).device
     x = torch.empty(1, 3, height, width, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad(), reference_paths(model):
+    counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS)
+    with _UncountedAttentionGuard(counter.flop_registry), counter, torch.no_grad(), reference_paths(model):
         model.eval()(x)
     counts = counter.get_flop_counts()
     by_operator = {str(op): flops // 2 for op, flops in counts.get("Global", {}).items()}

@@ -83,21 +83,47 @@ def read_record(path: Path) -> dict | None:
 
 
 def load_records(results_dir: str | os.PathLike) -> list[dict]:
-    """Every record under a folder (recursively), oldest first. Files that are not JSON are
-    skipped; unreadable ones are errors (``read_record``)."""
-    records = []
-    for p in sorted(Path(results_dir).rglob("*.json")):
+    """Every record under a folder (recursively), oldest first. A record file that cannot be
+    used (unreadable, not JSON, incomplete) is an error naming it, and so is a folder holding
+    records of another schema: nothing is silently left out."""
+    records, problems = scan_records(results_dir)
+    if problems:
+        path, why = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ResultsError(f"{path}: {why}{more}")
+    return records
+
+
+def scan_records(results_dir: str | os.PathLike) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Every record under a folder (recursively), oldest first, and the record files that could
+    not be used, each with why: unreadable, not JSON, or a record without the fields every
+    record has. JSON files that are not records (no ``job_id`` and no ``schema``: a dataset
+    manifest, a model config) are neither."""
+    records, problems = [], []
+    for path in sorted(Path(results_dir).rglob("*.json")):
         try:
-            records.append(read_record(p))
-        except RecordFormatError:
+            record = json.loads(path.read_text())
+        except OSError as exc:
+            problems.append((path, f"unreadable ({exc.strerror or exc})"))
             continue
-    records = [r for r in records if isinstance(r, dict) and "job_id" in r and "schema" in r]
-    older = [r for r in records if r["schema"] != SCHEMA_VERSION]
-    if older:
-        raise ResultsError(f"{results_dir}: {len(older)} records (e.g. job {older[0]['job_id']}) have record schema "
-                           f"{older[0]['schema']}, this segbench reads schema {SCHEMA_VERSION} (README: Records); "
-                           "re-run their suite into a new folder, or read them with the segbench that wrote them")
-    return sorted(records, key=lambda r: r.get("finished") or "")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.append((path, f"not valid JSON ({exc})"))
+            continue
+        if not isinstance(record, dict) or not ({"job_id", "schema"} & set(record)):
+            continue
+        missing = [key for key in ("job_id", "schema", "kind", "status") if key not in record]
+        if not missing and record["status"] == "ok" and not isinstance(record.get("metrics"), dict):
+            missing = ["metrics"]
+        if missing:
+            problems.append((path, f"not a complete record: no {', '.join(f'`{m}`' for m in missing)}"))
+            continue
+        if record["schema"] != SCHEMA_VERSION:
+            problems.append((path, f"record schema {record['schema']}, this segbench reads schema {SCHEMA_VERSION} "
+                                   "(README: Records): re-run its suite into a new folder, or read it with the "
+                                   "segbench that wrote it"))
+            continue
+        records.append(record)
+    return sorted(records, key=lambda r: r.get("finished") or ""), problems
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -139,6 +165,29 @@ def git_sha() -> str | None:
         return None
 
 
+ENV_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scipy", "pillow", "opencv-python", "imagecorruptions-imaug")
+
+
+def _installed_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> dict:
     """Where a record was produced: library versions, device, threads, git commit."""
     import timm
@@ -157,6 +206,10 @@ def environment(device: str) -> dict:
         "device": device,
         "device_name": device_name(device),
         "git_sha": git_sha(),
+        # the resolved versions of the packages the numbers depend on (requirements.lock pins them):
+        # `segbench check` reports differences beside any regression
+        "packages": {name: _installed_version(name) for name in ENV_PACKAGES},
+        "cpu": _cpu_model(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["cuda"] = torch.version.cuda

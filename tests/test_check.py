@@ -212,3 +212,79 @@ def test_tolerances_object_from_the_file_keeps_every_rule(tmp_path):
     tolerances = load_tolerances(path)
     assert isinstance(tolerances, Tolerances) and tolerances.machine_dependent == "same_machine"
     assert tolerances.rules[2] == Rule("latency_ms", rise_pct=25, noise=True, machine_dependent=True)
+
+
+def test_an_unreadable_or_malformed_baseline_record_fails_the_check_naming_it(folders, capsys):
+    base, current, tolerances = folders
+    (base / "torn.json").write_text('{"schema": 1, "job_id": "torn", "kind": "ev')
+    (base / "manifest.json").write_text('{"corruptions": []}')  # JSON but no record: not a problem
+    code, out = run_check(capsys, current, base, tolerances)
+    assert code == 1 and f"{base / 'torn.json'}: not valid JSON" in out
+    assert "check FAILED: 1 unreadable record" in out and "manifest" not in out
+    (base / "torn.json").write_text(json.dumps({"schema": 1, "job_id": "torn", "status": "ok"}))
+    code, out = run_check(capsys, current, base, tolerances)
+    assert code == 1 and "torn.json: not a complete record: no `kind`" in out
+
+
+def test_a_tolerance_for_a_metric_no_record_has_is_an_error_naming_it(folders, capsys):
+    base, current, tolerances = folders
+    tolerances.write_text("metrics:\n  miou: {drop: 1.0}\n")
+    code, out = run_check(capsys, current, base, tolerances)
+    assert code == 2 and "metrics.miou: no record in the results or the baseline has a metric 'miou'" in out
+    assert "did you mean 'mIoU'?" in out and "check passed" not in out
+
+
+def test_a_check_that_checks_no_metric_fails(folders, capsys):
+    base, current, tolerances = folders
+    tolerances.write_text("machine_dependent: never\nmetrics:\n  latency_ms: {rise_pct: 25, machine_dependent: true}\n")
+    code, out = run_check(capsys, current, base, tolerances)
+    assert code == 1 and "check FAILED: no metric was checked" in out and "check passed" not in out
+
+
+def test_only_missing_records_are_not_called_regressions(folders, capsys):
+    base, current, tolerances = folders
+    (current / "e2.json").unlink()
+    code, out = run_check(capsys, current, base, tolerances)
+    assert code == 1 and "check FAILED: 1 baseline job without a record" in out and "regression" not in out.lower()
+
+
+def trained_eval(job_id: str, miou: float, **env) -> dict:
+    record = rr.eval_record(job_id, "m1", "segmenter_micro_p8_linear", miou)
+    record["config"]["trained_by"] = "t1"
+    record["env"] = {**record["env"], **env}
+    return record
+
+
+def test_environment_differences_are_reported_and_ungate_trained_accuracy_and_timings(tmp_path, capsys):
+    base = rr.write(tmp_path / "baseline", [trained_eval("e1", 40.0), rr.eval_record("f1", "m2", "fcn_micro", 40.0)])
+    current = rr.write(tmp_path / "results", [trained_eval("e1", 35.0, torch="2.14.1", threads=1),
+                                              rr.eval_record("f1", "m2", "fcn_micro", 40.0)])
+    tolerances = tmp_path / "t.yaml"
+    tolerances.write_text("metrics:\n  mIoU: {drop: 1.0}\n")
+    code, out = run_check(capsys, current, base, tolerances)
+    assert code == 0, out  # the fixed checkpoint (f1) is still gated: it passed
+    assert "environment differs from the baseline's: torch 2.15.0 -> 2.14.1; threads 2 -> 1" in out
+    result = json.loads(run_check(capsys, current, base, tolerances, "--json")[1])
+    (ungated,) = [f for f in result["findings"] if f["verdict"] == "not gated"]
+    assert ungated["job_id"] == "e1" and ungated["note"] == ("model trained by the suite in another environment "
+                                                             "(torch 2.15.0 -> 2.14.1, threads 2 -> 1)")
+    assert result["environment_differences"]["torch"] == [["2.15.0", "2.14.1"]]
+    tolerances.write_text("environment_dependent: always\nmetrics:\n  mIoU: {drop: 1.0}\n")
+    code, out = run_check(capsys, current, base, tolerances)
+    assert code == 1 and "REGRESSION" in out and "torch 2.15.0 -> 2.14.1" in out
+    rr.write(current, [rr.eval_record("f1", "m2", "fcn_micro", 30.0) | {"env": {**rr.ENV, "torch": "2.14.1"}}])
+    tolerances.write_text("metrics:\n  mIoU: {drop: 1.0}\n")
+    code, out = run_check(capsys, current, base, tolerances, "--json")
+    assert code == 1  # a fixed checkpoint's drop is a regression anywhere, with what else changed beside it
+    (regression,) = [f for f in json.loads(out)["findings"] if f["verdict"] == "regression"]
+    assert regression["job_id"] == "f1" and regression["note"] == "environment differs: torch 2.15.0 -> 2.14.1"
+
+
+def test_timings_are_not_gated_across_environments():
+    rule = Rule("latency_ms", rise_pct=25, machine_dependent=True)
+    base = rr.profile_record("p", "m", "x", latency=10.0)
+    slower = rr.profile_record("p", "m", "x", latency=20.0)
+    slower["env"] = {**slower["env"], "numpy": "2.5.0"}
+    finding = compare(base, slower, "job id", rule, "always")
+    assert finding.verdict == "not gated" and "timing in another environment (numpy 2.4.6 -> 2.5.0)" in finding.note
+    assert compare(base, slower, "job id", rule, "always", "always").verdict == "regression"

@@ -283,3 +283,74 @@ def test_mmseg_1x_transformer_checkpoints_are_refused_with_the_reason(tmp_path, 
     torch.save({"state_dict": state_dict, "meta": {"mmseg_version": "1.2.2"}}, tmp_path / "mmseg1.pth")
     with pytest.raises(CheckpointError, match="mmsegmentation 1.x checkpoint .*official release"):
         load_model(arch, tmp_path / "mmseg1.pth", 9)
+
+
+# --- damaged files: one line naming the file, corrupt (not "unsafe") ------------------------
+
+def _damaged(tmp_path, kind: str):
+    model = create_model("segformer_micro", num_classes=9)
+    good = save_checkpoint(tmp_path / "good.pth", model)
+    rng = np.random.default_rng(0)
+    if kind == "empty":
+        (tmp_path / "empty.pth").write_bytes(b"")
+        return tmp_path / "empty.pth"
+    if kind == "truncated":
+        (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+        return tmp_path / "cut.pth"
+    if kind == "random":
+        (tmp_path / "noise.pth").write_bytes(b"\x13" + rng.bytes(4096))
+        return tmp_path / "noise.pth"
+    if kind == "truncated legacy pickle":
+        torch.save({"state_dict": model.state_dict()}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+        (tmp_path / "old.pth").write_bytes((tmp_path / "old.pth").read_bytes()[:5000])
+        return tmp_path / "old.pth"
+    from safetensors.torch import save_file
+
+    if kind == "random safetensors":
+        (tmp_path / "noise.safetensors").write_bytes(rng.bytes(4096))
+        return tmp_path / "noise.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(data[:len(data) // 2])
+    return tmp_path / "m.safetensors"
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "empty file (0 bytes), not a checkpoint"),
+    ("truncated", "corrupt checkpoint: its zip archive is truncated or damaged"),
+    ("random", "corrupt or not a checkpoint: neither the zip archive torch.save writes nor a pickle"),
+    ("truncated legacy pickle", "corrupt checkpoint"),
+    ("random safetensors", "corrupt or not a safetensors file"),
+    ("truncated safetensors", "corrupt or not a safetensors file"),
+])
+def test_damaged_checkpoints_are_called_corrupt_in_one_line(tmp_path, kind, message):
+    path = _damaged(tmp_path, kind)
+    with pytest.raises(CheckpointError) as error:
+        load_model("segformer_micro", path, 9)
+    text = str(error.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+    assert "never unpickles code" not in text and "re-download or re-save" in text
+
+
+@pytest.mark.parametrize("info, message", [
+    ("bogus", "expected a mapping of ModelInfo fields, got str"), ({"name": "segformer_micro", "colour": 1},
+                                                                   "unknown field 'colour'"),
+])
+def test_a_segbench_checkpoint_with_a_bogus_info_field_is_named(tmp_path, info, message):
+    path = save_checkpoint(tmp_path / "m.pth", create_model("segformer_micro", num_classes=9))
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "info": info}, path)
+    with pytest.raises(CheckpointError, match=f"{path}: a segbench checkpoint whose `info` cannot be used") as error:
+        load_model("segformer_micro", path, 9)
+    assert message in str(error.value)
+
+
+def test_hf_weights_whose_shapes_do_not_fit_together_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    attention = "segformer.encoder.block.0.0.attention.self."
+    state = {attention + "key.weight": torch.zeros(4, 5), attention + "value.weight": torch.zeros(4, 6)}
+    save_file(state, str(tmp_path / "hf.safetensors"))
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'hf.safetensors'}: HuggingFace SegFormer weights with "
+                                              "inconsistent shapes"):
+        load_model("segformer_micro", tmp_path / "hf.safetensors", 9)

@@ -136,3 +136,34 @@ def test_materialised_synthetic_matches_memory_in_the_ade_instance_format(tmp_pa
         np.testing.assert_array_equal(disk[i].label, memory[i].label)
         np.testing.assert_array_equal(disk[i].instances, memory[i].instances)
         assert disk[i].name == memory[i].name
+
+
+def test_unreadable_images_are_errors_naming_the_file(tmp_path):
+    from PIL import Image
+
+    from segbench.data.datasets import read_id_map, read_image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(good)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    (tmp_path / "notes.png").write_text("not an image at all")
+    for name in ("cut.png", "notes.png"):
+        for reader in (read_image, read_id_map):
+            with pytest.raises(DatasetError, match=f"{tmp_path / name}: not a readable image"):
+                reader(tmp_path / name)
+    assert read_image(good).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("root, options, message", [
+    (None, {"image_size": "64"}, "dataset 'synthetic': option 'image_size': expected int, got '64'"),
+    (None, {"num_images": True}, "option 'num_images': expected int or null, got True"),
+    (None, {"size": 64}, "dataset 'synthetic': unknown option 'size'; allowed: num_images, image_size, seed"),
+    ("/nowhere", {"num_images": 3}, "read from a root (the materialised files): unknown option 'num_images'; "
+                                    "allowed: none"),
+    ("/nowhere", {"reduce_zero_label": True}, "dataset 'ade20k': unknown option 'reduce_zero_label'; allowed: none"),
+])
+def test_dataset_options_are_checked_by_name_and_type(root, options, message):
+    kind = "ade20k" if "reduce_zero_label" in options else "synthetic"
+    with pytest.raises(DatasetError) as error:
+        build_dataset(kind, "val", root, **options)
+    assert message in str(error.value)

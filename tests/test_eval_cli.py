@@ -99,3 +99,44 @@ def test_missing_or_bad_predictions_are_clear_errors(tmp_path, capsys, synthetic
     assert main(args) == 2
     assert "[77]" in capsys.readouterr().err
     assert main(["eval", "--dataset", "synthetic"]) == 2  # neither a model nor predictions
+
+
+def test_auto_ids_ask_when_label_id_predictions_fit_both_spaces(tmp_path, capsys, synthetic_root):
+    # ADE20K-style reduce-zero-label ids (class k -> k + 1) without 0 and without the top id: every
+    # value is valid as a training id too, and reading them so would shift every class by one
+    dataset = build_dataset("synthetic", "val", str(synthetic_root))
+    top = dataset.num_classes - 1
+    for i in range(len(dataset)):
+        label = dataset[i].label
+        pred = np.where((label == 255) | (label == top), 0, label).astype(np.uint8) + 1  # values 1..top
+        save(tmp_path / "label_ids" / f"{dataset[i].name}.png", pred)
+    args = ["eval", "--dataset", "synthetic", "--root", str(synthetic_root), "--bootstrap", "0", "--no-size",
+            "--predictions", str(tmp_path / "label_ids")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'label_ids'}: cannot tell whether the predictions hold training ids" in err
+    assert "pass --ids train or --ids label" in err
+    as_label = run_json(capsys, args + ["--ids", "label"])
+    assert as_label["ids"] == "label" and as_label["metrics"]["mIoU"] > 80
+    # the same scenes in training ids use 0, which would be "other" (unlabelled) as a label id: decided
+    write_predictions(tmp_path / "train_ids", dataset)
+    as_train = run_json(capsys, args[:-1] + [str(tmp_path / "train_ids")])
+    assert as_train["ids"] == "train" and "unlabelled as label ids" in as_train["ids_note"]
+
+
+def test_compare_names_a_missing_or_damaged_per_image_file(tmp_path, capsys, synthetic_root):
+    dataset = build_dataset("synthetic", "val", str(synthetic_root))
+    write_predictions(tmp_path / "preds", dataset)
+    args = ["eval", "--dataset", "synthetic", "--root", str(synthetic_root), "--no-size", "--bootstrap", "0",
+            "--predictions", str(tmp_path / "preds")]
+    for name in ("a", "b"):
+        assert main(args + ["--out", str(tmp_path / f"{name}.json")]) == 0
+    sidecar = tmp_path / json.loads((tmp_path / "b.json").read_text())["per_image_file"]
+    sidecar.unlink()  # as in a baseline folder that kept only the records
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'b.json'}: its per-image counts {sidecar} are missing" in err and "Traceback" not in err
+    sidecar.write_bytes(b"not an npz")
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert f"{sidecar}: unreadable per-image counts" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_suite_lists_a_folder_splits_problems_before_any_job_runs(tmp_path, caps
     root = write(tmp_path / "data", "names: [a, b]\n", {"x": [[0, 5, 1, 0]] * 3, "y": [[0, 7, 1, 0]] * 3})
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"name: f\ndevice: cpu\nresults: {tmp_path / 'results'}\n"
-                     f"datasets:\n  mine: {{kind: folder, root: {root}}}\nmodels:\n  m: {{arch: fcn_micro}}\n"
+                     f"datasets:\n  mine: {{kind: folder, root: {root}}}\nmodels:\n  m: {{arch: fcn_micro, weights: random}}\n"
                      "evaluate:\n  - {dataset: mine}\n")
     assert main(["run", str(suite)]) == 2
     err = capsys.readouterr().err

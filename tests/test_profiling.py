@@ -257,3 +257,31 @@ def test_quickstart_profiles_every_model_at_128():
     jobs = [j for j in plan(suite) if j.kind == "profile"]
     assert sorted(j.model for j in jobs) == sorted(suite.models)
     assert all(j.config["device"] == "cpu" and j.config["profile"]["height"] == 128 for j in jobs)
+
+
+@pytest.mark.parametrize("kernel", profiling.SDPA_KERNELS)
+def test_every_attention_kernel_gets_the_same_count(kernel):
+    # the kernels this torch has are registered with one formula: Q K^T and softmax(.) V per head
+    if not hasattr(torch.ops.aten, kernel):
+        pytest.skip(f"torch {torch.__version__} has no aten.{kernel}")
+    formula = profiling.ATTENTION_FORMULAS[getattr(torch.ops.aten, kernel)]
+    assert formula((2, 3, 10, 4), (2, 3, 7, 4), (2, 3, 7, 5)) // 2 == 2 * 3 * 10 * 7 * (4 + 5)
+
+
+@torch.library.custom_op("segbench_test::toy_attention", mutates_args=())
+def toy_attention(q: torch.Tensor) -> torch.Tensor:
+    return q.clone()
+
+
+class UsesAnUnknownAttentionKernel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return toy_attention(self.proj(x))
+
+
+def test_an_attention_operator_without_a_formula_is_an_error_naming_it():
+    with pytest.raises(profiling.UncountedOperatorError, match="segbench_test.toy_attention"):
+        count_macs(UsesAnUnknownAttentionKernel(), 8, 8)

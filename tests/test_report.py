@@ -241,3 +241,27 @@ def test_report_cli_names_the_index_and_refuses_a_folder_without_records(tmp_pat
     rr.write(tmp_path / "results", [rr.eval_record("e1", "m1", "segmenter_micro_p8_linear", 40.0)])
     assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     assert f"report: {tmp_path / 'out' / 'index.html'}" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_report_lists_records_it_cannot_use_in_the_report_and_on_stderr(tmp_path, capsys):
+    import json
+
+    from segbench.cli import main
+
+    results = rr.write(tmp_path / "results", [rr.eval_record("e1", "m1", "segmenter_micro_p8_linear", 40.0)])
+    no_kind = rr.eval_record("e2", "m2", "fcn_micro", 30.0)
+    del no_kind["kind"]
+    no_metrics = rr.eval_record("e3", "m3", "fcn_micro", 30.0)
+    del no_metrics["metrics"]
+    (results / "e2.json").write_text(json.dumps(no_kind))
+    (results / "e3.json").write_text(json.dumps(no_metrics))
+    (results / "e4.json").write_text('{"schema": 1, "job_id": "e4", "ki')
+    assert main(["report", str(results), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"segbench report: skipped {results / 'e2.json'}: not a complete record: no `kind`" in err
+    assert f"skipped {results / 'e3.json'}: not a complete record: no `metrics`" in err
+    assert f"skipped {results / 'e4.json'}: not valid JSON" in err
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Skipped records" in text and "3 record files could not be used" in text
+    assert all(f"{results / name}" in text for name in ("e2.json", "e3.json", "e4.json"))
+    assert "m1" in text and "m2" not in text.split("Skipped records")[0]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 import segbench.reference
@@ -54,3 +55,21 @@ def test_grid_takes_severity_3_or_the_closest(tmp_path):
     titles = [title for title, _ in robustness.grid_images(s)]
     assert titles == ["clean", "motion_blur 3", "gaussian_noise 2", "fog 3"]
     assert robustness.grid_plot(robustness.grid_images(s), tmp_path / "grid.png").is_file()
+
+
+def test_the_summarys_relative_mcd_leaves_the_unstable_corruptions_out(tmp_path, monkeypatch):
+    s = Sweep("k", "synthetic", "val", "single_scale", {"motion_blur": (1,), "fog": (1,)}, "ref",
+              arch={"ours": "segformer_micro", "ref": "fcn_micro"})
+    s.clean |= {"ours": 40.0, "ref": 50.0}
+    s.cells["ours"] = {("motion_blur", 1): 30.0, ("fog", 1): 30.0}
+    s.cells["ref"] = {("motion_blur", 1): 49.5, ("fog", 1): 30.0}  # loses 0.5 points to motion blur, 20 to fog
+    scores, problems = robustness.score_sweep(s)
+    summary = robustness.summary(s, scores)
+    ours = summary[summary["model"] == "ours"].iloc[0]
+    # fog alone: (0.7 - 0.6) / (0.7 - 0.5); with motion blur it would average in (0.7 - 0.6) / 0.005 = 2000 %
+    assert problems == [] and ours["relative mCD"] == pytest.approx(50.0)
+    assert scores["ours"]["relative_CD_unstable"] == ["motion_blur"]
+    monkeypatch.setattr(robustness, "collect_sweeps", lambda records, results_dir: [s])
+    (section,) = robustness.sections([], tmp_path, tmp_path)
+    assert ("Relative CD is unstable where ref loses less than 2.5 mIoU points (mean over the severities) against "
+            "its clean mIoU: motion_blur; the relative mCD averages the other 1 of 2 corruptions.") in section.text

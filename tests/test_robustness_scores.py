@@ -78,3 +78,46 @@ def test_a_missing_reference_cell_names_the_reference():
     reference = {k: v for k, v in REFERENCE.items() if k != ("fog", 1)}
     with pytest.raises(CorruptionError, match="deeplab: no mIoU for fog severity 1"):
         corruption_degradation(80.0, MODEL, 90.0, reference, GRID, "model", "deeplab")
+
+
+def test_relative_cd_is_unstable_where_the_reference_barely_degrades():
+    from segbench.robustness.scores import MIN_REFERENCE_DROP
+
+    grid = {"motion_blur": (1, 3), "fog": (1, 3)}
+    model = {("motion_blur", 1): 30.0, ("motion_blur", 3): 20.0, ("fog", 1): 25.0, ("fog", 3): 15.0}
+    # the reference loses 0.3 points under motion blur (mean of 0.2 and 0.4), 10 under fog
+    reference = {("motion_blur", 1): 13.5, ("motion_blur", 3): 13.3, ("fog", 1): 8.7, ("fog", 3): 0.7}
+    d = corruption_degradation(40.0, model, 13.7, reference, grid, "model", "p32")
+    # without the rule: (0.7 + 0.8 - 2 * 0.6) / (0.865 + 0.867 - 2 * 0.863) = 0.3 / 0.006 = 5000 %
+    assert d["relative_CD_unstable"] == ["motion_blur"] and math.isnan(d["relative_CD"]["motion_blur"])
+    # fog: (0.75 + 0.85 - 1.2) / (0.913 + 0.993 - 2 * 0.863) = 0.4 / 0.18
+    assert d["relative_CD"]["fog"] == pytest.approx(100 * 0.4 / 0.18)
+    assert d["relative_mCD"] == pytest.approx(d["relative_CD"]["fog"])  # over the stable corruptions only
+    assert math.isfinite(d["CD"]["motion_blur"])  # CD divides by the whole degradation: always given
+    just = {("motion_blur", 1): 13.7 - MIN_REFERENCE_DROP, ("motion_blur", 3): 13.7 - MIN_REFERENCE_DROP,
+            ("fog", 1): 13.7, ("fog", 3): 13.7}
+    d = corruption_degradation(40.0, model, 13.7, just, grid)
+    assert d["relative_CD_unstable"] == ["fog"] and not math.isnan(d["relative_mCD"])
+    d = corruption_degradation(40.0, model, 13.7, {k: 13.7 for k in just}, grid)
+    assert d["relative_CD_unstable"] == ["motion_blur", "fog"] and math.isnan(d["relative_mCD"])
+
+
+def test_the_quickstarts_reference_degrades_under_every_corruption_of_its_sweep():
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from segbench.robustness.scores import MIN_REFERENCE_DROP
+
+    root = Path(__file__).resolve().parents[1]
+    (block,) = yaml.safe_load((root / "suites" / "quickstart.yaml").read_text())["corruption"]
+    records = [json.loads(p.read_text()) for p in sorted((root / "baselines" / "quickstart").glob("*.json"))]
+    cells = {(r["corruption"], r["severity"]): r["metrics"]["mIoU"] for r in records
+             if r["kind"] == "corruption" and r["model"] == block["reference"]}
+    if not cells:
+        pytest.skip(f"the committed baseline has no corruption records of {block['reference']} (make baseline)")
+    clean = cells[("clean", 0)]
+    for corruption in block["corruptions"]:
+        loss = clean - sum(cells[corruption, s] for s in block["severities"]) / len(block["severities"])
+        assert loss >= MIN_REFERENCE_DROP, (corruption, loss)

@@ -11,12 +11,14 @@ in the official ids (``segbench eval --predictions ... --ids label``).
 """
 from __future__ import annotations
 
+import inspect
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from segbench.data import classes as class_names
 from segbench.data import synthetic
@@ -70,18 +72,30 @@ def zero_ignored_lut(num_classes: int) -> np.ndarray:
                      + [(IGNORE_INDEX, IGNORE_INDEX)])
 
 
+def _open_image(path: Path) -> Image.Image:
+    """PIL's decoded image; an unreadable, truncated or non-image file is an error naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later without its name
+            return im
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # SyntaxError: PIL's damaged-PNG chunks
+        raise DatasetError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); "
+                           "is the file complete and really an image?") from None
+
+
 def read_image(path: Path) -> np.ndarray:
     """Any PIL-readable image as (H, W, 3) uint8 RGB (grayscale and RGBA are converted)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return np.asarray(_open_image(path).convert("RGB"))
 
 
 def read_id_map(path: Path) -> np.ndarray:
     """A single-channel PNG (label or prediction) as an integer array."""
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P", "I", "I;16"):
-            raise DatasetError(f"{path}: expected a single-channel id image (mode L, P or I), got mode {im.mode}")
-        return np.asarray(im)
+    im = _open_image(path)
+    if im.mode not in ("L", "P", "I", "I;16"):
+        raise DatasetError(f"{path}: expected a single-channel id image (mode L, P or I), got mode {im.mode}")
+    return np.asarray(im)
 
 
 def map_ids(raw: np.ndarray, lut: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -452,12 +466,32 @@ def dataset_classes(kind: str, root: str | None, options: dict) -> tuple[str, ..
     return DATASETS[kind].class_names_for(root, **options)
 
 
-def build_dataset(kind: str, split: str, root: str | None = None, **options) -> SegDataset:
-    """Build a dataset by its kind name (the ``kind`` of a suite's dataset entry)."""
-    if kind == "synthetic" and root is not None:
-        return SyntheticOnDisk(root, split)
+def check_dataset_options(kind: str, root: str | None, options: dict) -> None:
+    """The ``options`` of a dataset entry against its reader's keyword arguments: an unknown
+    option or a value of the wrong type is an error naming the option and what is allowed."""
     if kind not in DATASETS:
         raise DatasetError(f"unknown dataset kind {kind!r}; choose from {sorted(DATASETS)}")
+    reader = SyntheticOnDisk if kind == "synthetic" and root is not None else DATASETS[kind]
+    hints = typing.get_type_hints(reader.__init__)
+    allowed = [name for name in inspect.signature(reader.__init__).parameters if name not in ("self", "root", "split")]
+    for name, value in options.items():
+        if name not in allowed:
+            where = " read from a root (the materialised files)" if reader is SyntheticOnDisk else ""
+            raise DatasetError(f"dataset {kind!r}{where}: unknown option {name!r}; allowed: "
+                               f"{', '.join(allowed) or 'none'}")
+        types = typing.get_args(hints[name]) or (hints[name],)
+        # list[int] and the like are checked as lists: the reader checks their items
+        if not any(value is None if t is type(None) else
+                   (isinstance(value, typing.get_origin(t) or t) and not isinstance(value, bool)) for t in types):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise DatasetError(f"dataset {kind!r}: option {name!r}: expected {expected}, got {value!r}")
+
+
+def build_dataset(kind: str, split: str, root: str | None = None, **options) -> SegDataset:
+    """Build a dataset by its kind name (the ``kind`` of a suite's dataset entry)."""
+    check_dataset_options(kind, root, options)
+    if kind == "synthetic" and root is not None:
+        return SyntheticOnDisk(root, split)
     if kind == "synthetic":
         return Synthetic(split, **options)
     if root is None:

@@ -272,10 +272,16 @@ def _sample_name(dataset: SegDataset, index: int) -> str:
     return dataset.sample_name(files[0]) if files else dataset[index].name
 
 
-def detect_prediction_ids(files: list[Path], dataset: SegDataset) -> tuple[str, str]:
+def detect_prediction_ids(files: list[Path], dataset: SegDataset, folder: Path) -> tuple[str, str]:
     """Whether predictions hold training ids or the dataset's official label ids, from the
-    values they use: ids valid in only one space decide; ids valid in both are read as
-    training ids (and the note says so)."""
+    values they use, only where the evidence is unambiguous:
+
+    - a value invalid in one space (e.g. Cityscapes label id 26 > 18, ADE20K id 150) decides;
+    - otherwise a value that is a class as a training id but "unlabelled" as a label id (ADE20K's
+      0, Cityscapes' 0..6) decides for training ids: a model predicts classes;
+    - values valid in both that would score differently (ADE20K-style 1..149: reduce-zero-label
+      ids shift every class by one) are an error asking for ``--ids``.
+    """
     train_lut, label_lut = identity_lut(dataset.num_classes), dataset.label_lut
 
     def fits(lut: np.ndarray, values: np.ndarray) -> bool:
@@ -287,15 +293,21 @@ def detect_prediction_ids(files: list[Path], dataset: SegDataset) -> tuple[str, 
         if not fits(train_lut, values):
             break
     as_train, as_label = fits(train_lut, values), fits(label_lut, values)
-    if as_train and as_label:
-        if (label_lut[values] == values).all():
-            return "train", "values fit training ids (the label ids are the same)"
-        return "train", "values fit training ids and label ids alike: read as training ids (pass --ids label if not)"
-    if as_train or as_label:
+    if as_train != as_label:
         return ("train", "values fit only training ids") if as_train else ("label", "values fit only label ids")
-    bad = [v for v in values.tolist() if not (0 <= v <= 255 and (train_lut[v] >= 0 or label_lut[v] >= 0))][:5]
-    raise DatasetError(f"predictions hold values {bad}, neither training ids (0..{dataset.num_classes - 1}, "
-                       f"255 = unlabelled) nor {dataset.label_ids}")
+    if not as_train:
+        bad = [v for v in values.tolist() if not (0 <= v <= 255 and (train_lut[v] >= 0 or label_lut[v] >= 0))][:5]
+        raise DatasetError(f"{folder}: predictions hold values {bad}, neither training ids "
+                           f"(0..{dataset.num_classes - 1}, 255 = unlabelled) nor {dataset.label_ids}")
+    if (label_lut[values] == values).all():
+        return "train", "values fit training ids (the label ids are the same)"
+    unlabelled_as_label = [v for v in values.tolist() if v != IGNORE_INDEX and label_lut[v] == IGNORE_INDEX]
+    if unlabelled_as_label:
+        return "train", (f"values fit training ids and label ids alike, but {unlabelled_as_label[:3]} would be "
+                         f"unlabelled as label ids, which a model does not predict: read as training ids")
+    raise DatasetError(f"{folder}: cannot tell whether the predictions hold training ids (0..{dataset.num_classes - 1}) "
+                       f"or {dataset.label_ids}: their values ({values.min()}..{values.max()}) are valid in both and "
+                       f"score differently; pass --ids train or --ids label")
 
 
 def score_predictions(dataset: SegDataset, folder: Path, evaluators: list, ids: str = "auto",
@@ -308,7 +320,7 @@ def score_predictions(dataset: SegDataset, folder: Path, evaluators: list, ids: 
     files = prediction_files(folder, dataset, count)
     note = "given"
     if ids == "auto":
-        ids, note = detect_prediction_ids(files, dataset)
+        ids, note = detect_prediction_ids(files, dataset, folder)
     lut = identity_lut(dataset.num_classes) if ids == "train" else dataset.label_lut
     what = (f"training ids (0..{dataset.num_classes - 1}, 255 = unlabelled)" if ids == "train"
             else dataset.label_ids)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.errors import SegbenchError
 from segbench.files import atomic_write
 from segbench.metrics.confusion import class_counts, nanmean, scores_from_counts
 
@@ -134,6 +135,22 @@ def load_per_image(path: Path) -> dict:
         return {"counts": data["counts"], "names": data["names"].tolist(), "classes": data["classes"].tolist()}
 
 
+class CompareError(SegbenchError, ValueError):
+    """Two records cannot be compared; the message names the file and what to do."""
+
+
+def _sidecar(path: Path, record: dict) -> dict:
+    sidecar = path.parent / record["per_image_file"]
+    if not sidecar.is_file():
+        raise CompareError(f"{path}: its per-image counts {sidecar} are missing; keep the record's "
+                           f"{record['per_image_file']} beside it (copy it with the record), or re-run the evaluation")
+    try:
+        return load_per_image(sidecar)
+    except (OSError, ValueError, KeyError) as exc:  # a truncated or foreign .npz
+        raise CompareError(f"{sidecar}: unreadable per-image counts ({type(exc).__name__}: {exc}); "
+                           "re-run the evaluation") from None
+
+
 def compare_records(path_a: Path, path_b: Path, resamples: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap of two evaluation records of the same split, from their sidecars."""
     from segbench.results import read_record
@@ -142,17 +159,17 @@ def compare_records(path_a: Path, path_b: Path, resamples: int = 1000, seed: int
     for path in (Path(path_a), Path(path_b)):
         record = read_record(path)
         if not record or record.get("kind") != "eval" or record.get("status", "ok") != "ok":
-            raise ValueError(f"{path}: not a finished evaluation record")
+            raise CompareError(f"{path}: not a finished evaluation record")
         if not record.get("per_image_file"):
-            raise ValueError(f"{path}: the record has no per-image counts (evaluate with per_image: true)")
-        sides.append((path, record, load_per_image(path.parent / record["per_image_file"])))
+            raise CompareError(f"{path}: the record has no per-image counts (evaluate with per_image: true)")
+        sides.append((path, record, _sidecar(path, record)))
     (path_a, record_a, a), (path_b, record_b, b) = sides
     if record_a.get("dataset") != record_b.get("dataset") or a["classes"] != b["classes"]:
-        raise ValueError(f"{path_a} and {path_b} evaluate different datasets "
-                         f"({record_a.get('dataset')} vs {record_b.get('dataset')})")
+        raise CompareError(f"{path_a} and {path_b} evaluate different datasets "
+                           f"({record_a.get('dataset')} vs {record_b.get('dataset')})")
     if a["names"] != b["names"]:
-        raise ValueError(f"{path_a} and {path_b} cover different images ({len(a['names'])} vs {len(b['names'])}); "
-                         "a paired comparison needs the same images")
+        raise CompareError(f"{path_a} and {path_b} cover different images ({len(a['names'])} vs "
+                           f"{len(b['names'])}); a paired comparison needs the same images")
     result = paired_bootstrap(a["counts"], b["counts"], resamples, seed)
     return {"a": str(path_a), "b": str(path_b), "dataset": record_a.get("dataset"), "images": len(a["names"]),
             "mIoU_a": record_a["metrics"]["mIoU"], "mIoU_b": record_b["metrics"]["mIoU"], **result}

@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,21 +88,53 @@ class LoadReport:
 
 
 def read_file(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file's contents without executing code."""
+    """Load a checkpoint file's contents without executing code. A file that is empty,
+    truncated or not a checkpoint at all is called corrupt, not unsafe."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; re-download or re-save it")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise CheckpointError(f"{path}: corrupt or not a safetensors file ({_reason(exc)}); "
+                                  "re-download or re-save it") from None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (PK..), older releases a pickle (protocol 2-5: 0x80 0x02-0x05)
+    if head != b"PK" and not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise CheckpointError(f"{path}: corrupt or not a checkpoint: neither the zip archive torch.save writes nor "
+                              "a pickle; re-download or re-save it")
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: corrupt checkpoint: its zip archive is truncated or damaged "
+                              f"({path.stat().st_size} bytes); re-download or re-save it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
+    except pickle.UnpicklingError as exc:
+        if "truncated" in str(exc):
+            raise CheckpointError(f"{path}: corrupt checkpoint: {_reason(exc)}; re-download or re-save it") from None
         raise CheckpointError(
             f"{path}: refused to load: the file holds objects other than tensors and plain containers, "
-            f"and segbench never unpickles code ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            f"and segbench never unpickles code ({_reason(exc)}). "
             "Re-save only the state dict, e.g. torch.save({'state_dict': model.state_dict()}, path).") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, KeyError) as exc:  # a damaged archive or pickle
+        raise CheckpointError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {_reason(exc)}); "
+                              "re-download or re-save it") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a reader's message (torch's weights-only errors start with a
+    paragraph of advice), at most 200 characters; the exception's type where it says nothing."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if re.search(r"GLOBAL|Unsupported|truncated", line)]
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    return (telling or [line for line in lines if not line.startswith(advice)] or lines
+            or [type(exc).__name__])[0][:200]
 
 
 def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str, fmt: str,
@@ -196,12 +230,16 @@ def _mmseg(payload: dict, family: str) -> Converted:
     return Converted(MMSEG_FORMAT, renamed)
 
 
-def _hf_segformer(payload: dict) -> Converted:
+def _hf_segformer(payload: dict, path: Path) -> Converted:
     try:
         from segbench.models.segformer import convert_hf_state_dict
     except ImportError as exc:
         raise CheckpointError(f"HuggingFace SegFormer weights need segbench.models.segformer ({exc})") from None
-    return Converted(HF_SEGFORMER_FORMAT, convert_hf_state_dict(payload.get("state_dict", payload)))
+    try:
+        return Converted(HF_SEGFORMER_FORMAT, convert_hf_state_dict(payload.get("state_dict", payload)))
+    except RuntimeError as exc:  # the key and value projections it concatenates do not fit together
+        raise CheckpointError(f"{path}: HuggingFace SegFormer weights with inconsistent shapes "
+                              f"({_reason(exc)}): not a consistent SegFormer checkpoint") from None
 
 
 class _VariantLoader(yaml.SafeLoader):
@@ -272,6 +310,25 @@ def _grid_crop(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int | N
     return side * encoder.patch_size
 
 
+def _saved_info(payload: dict, checkpoint) -> ModelInfo:
+    """The ModelInfo a segbench checkpoint carries; a damaged one is an error naming the field."""
+    info, names = payload.get("info"), {f.name for f in dataclasses.fields(ModelInfo)}
+    problem = None
+    if not isinstance(info, dict):
+        problem = f"expected a mapping of ModelInfo fields, got {type(info).__name__}"
+    elif set(info) - names:
+        problem = f"unknown field {sorted(set(info) - names)[0]!r}"
+    elif not isinstance(payload.get("state_dict"), dict):
+        problem = "no `state_dict` beside it"
+    if problem is None:
+        try:
+            return ModelInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.items()})
+        except TypeError as exc:
+            problem = str(exc)
+    raise CheckpointError(f"{checkpoint}: a segbench checkpoint whose `info` cannot be used ({problem}); "
+                          "re-save it with segbench.models.checkpoints.save_checkpoint")
+
+
 def load_model(arch: str, checkpoint: str | os.PathLike | None, num_classes: int,
                allow_partial: bool = False) -> tuple[nn.Module, LoadReport | None]:
     """Build ``arch``, load ``checkpoint`` into it (format detected from the contents) and
@@ -293,7 +350,7 @@ def load_model(arch: str, checkpoint: str | os.PathLike | None, num_classes: int
     except CheckpointError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from None
     if fmt == SEGBENCH_FORMAT:
-        saved = ModelInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["info"].items()})
+        saved = _saved_info(payload, checkpoint)
         if saved.name != arch:
             raise CheckpointError(f"{checkpoint}: holds a {saved.name} but the suite asks for {arch}")
         converted = Converted(fmt, payload["state_dict"], crop_size=saved.crop_size,
@@ -305,7 +362,7 @@ def load_model(arch: str, checkpoint: str | os.PathLike | None, num_classes: int
             family = create_model(arch, num_classes=num_classes).info.family
         converted = _mmseg(payload, family)
     elif fmt == HF_SEGFORMER_FORMAT:
-        converted = _hf_segformer(payload)
+        converted = _hf_segformer(payload, path)
     else:
         raise CheckpointError(f"{checkpoint}: an ImageNet classification checkpoint, not a segmentation one; "
                               "use it to initialise an encoder for training "

@@ -19,17 +19,18 @@ from segbench.report.plots import miou_bars, overlay_grid, size_bars, tradeoff_p
 from segbench.report.tables import (Table, accuracy_cost_table, accuracy_table, common_input_size,
                                     evaluated_profiles, finished, per_class_tables, profile_of, profile_table,
                                     protocol_of, size_buckets_text, size_table, training_table)
-from segbench.results import load_records, now
+from segbench.results import now, scan_records
 
 
 def render(results_dir: str | Path, out: str | Path) -> list[Path]:
     """Write the report of the records under ``results_dir`` into ``out``; returns the files written."""
     results_dir, out = Path(results_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_records(results_dir)
-    sections = build(records, results_dir, out)
+    records, skipped = scan_records(results_dir)
+    sections = build(records, results_dir, out) + ([skipped_section(skipped)] if skipped else [])
     title = f"segbench report: {results_dir.name}"
-    intro = summary(records, results_dir)
+    intro = summary(records, results_dir) + (f" {len(skipped)} record files could not be used and are listed "
+                                             "under \"Skipped records\"." if skipped else "")
     written = write_tables(sections, out)
     files = {"report.md": markdown(title, intro, sections), "report.tex": latex_document(title, intro, sections),
              "index.html": page(title, intro, sections, f"Rendered by segbench on {now()} from {len(records)} records "
@@ -202,6 +203,21 @@ def training_section(records: list[dict]) -> Section | None:
     return Section("Training", "Models trained by the suite: recipe, iterations, loss at the start and averaged "
                                "over the last 10 % of iterations, wall time.",
                    [Table("training", "Training runs", table)])
+
+
+def skipped(results_dir: str | Path) -> list[str]:
+    """One line per record file under ``results_dir`` that a report leaves out, and why."""
+    return _problem_lines(scan_records(results_dir)[1])
+
+
+def _problem_lines(problems: list[tuple[Path, str]]) -> list[str]:
+    return [f"{path}: {why}" for path, why in problems]
+
+
+def skipped_section(problems: list[tuple[Path, str]]) -> Section:
+    return Section("Skipped records", "These files look like records but could not be used; nothing from them is "
+                                      "in this report. Re-run their jobs (or delete the files).",
+                   items=_problem_lines(problems))
 
 
 def failed_section(records: list[dict]) -> Section | None:

@@ -17,6 +17,7 @@ from PIL import Image  # noqa: E402
 from segbench.report.document import Figure, Section  # noqa: E402
 from segbench.report.tables import Table  # noqa: E402
 from segbench.robustness.corruptions import CORRUPTION_GROUPS, GROUP_OF, CorruptionError  # noqa: E402
+from segbench.robustness.scores import MIN_REFERENCE_DROP  # noqa: E402
 from segbench.robustness.sweep import CLEAN, Sweep, collect_sweeps  # noqa: E402
 
 # SegFormer Table 5's column names.
@@ -166,6 +167,13 @@ def sections(records: list[dict], results_dir: Path, out: Path) -> list[Section]
                                  table5(sweep, scores), "mIoU (%); paper rows where the paper reports the model."),
                            Table(f"robustness_summary{suffix}", "Robustness aggregates", summary(sweep, scores),
                                  "Per group, mPC, rPC and CD, in %.")])
+        unstable = sorted({c for s in scores.values() for c in s.get("relative_CD_unstable", ())})
+        if unstable:
+            section.text += (f" Relative CD is unstable where {sweep.reference} loses less than {MIN_REFERENCE_DROP:g} "
+                             f"mIoU points (mean over the severities) against its clean mIoU: "
+                             f"{', '.join(unstable)}; the relative mCD averages the other "
+                             f"{len(sweep.grid) - len(unstable)} of {len(sweep.grid)} corruptions"
+                             + (" (none left: not given)." if len(unstable) == len(sweep.grid) else "."))
         if problems:
             section.text += " Incomplete models (no scores, never a zero for a missing cell) are listed below."
             section.items = problems
