@@ -18,7 +18,9 @@ computing something else.
 - The evaluation pipeline on the synthetic set (single scale, multi-scale + flip): images
   per second of the loop (reading, predicting, metrics), and the time of ``predict`` next to
   the sum of the model's forward passes inside it (timed one by one): what resizing,
-  windows, flips and merging add.
+  windows, flips and merging add; and the time each evaluator's ``process`` takes per
+  image, with the share the boundary and calibration evaluators add to the evaluation
+  without them (``added_metrics_fraction``).
 
 Weights are random: no number here depends on their values.
 """
@@ -247,6 +249,29 @@ class ForwardTimer(nn.Module):
         return out
 
 
+class TimedEvaluator:
+    """An evaluator whose ``process`` calls are timed (synchronised on CUDA)."""
+
+    def __init__(self, evaluator, device: torch.device):
+        self.evaluator, self.device, self.seconds = evaluator, device, 0.0
+
+    def process(self, sample, pred, scores=None) -> None:
+        _sync(self.device)
+        start = time.perf_counter()
+        self.evaluator.process(sample, pred, scores)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+
+    def synchronize(self) -> None:
+        self.evaluator.synchronize()
+
+    def results(self) -> dict:
+        return self.evaluator.results()
+
+
+ADDED_EVALUATORS = ("boundary", "calibration")  # issue 17's: their cost against the rest of the evaluation
+
+
 def bench_pipeline(name: str, settings: Settings) -> dict:
     """The evaluation loop on the synthetic set, single scale and multi-scale + flip."""
     device = torch.device(settings.device)
@@ -261,10 +286,13 @@ def bench_pipeline(name: str, settings: Settings) -> dict:
         runs = []
         for _ in range(settings.rounds):
             timer.seconds, timer.calls = 0.0, 0
-            timing = evaluate(timer, dataset, protocol, standard_evaluators(dataset, bootstrap=0), device,
-                              workers=settings.workers)
+            evaluators = [TimedEvaluator(e, device) for e in standard_evaluators(dataset, bootstrap=0)]
+            timing = evaluate(timer, dataset, protocol, evaluators, device, workers=settings.workers)
+            added = sum(e.seconds for e in evaluators if e.evaluator.name in ADDED_EVALUATORS)
             runs.append({"total_seconds": timing.total_seconds, "predict_seconds": timing.model_seconds,
-                         "forward_seconds": timer.seconds, "forwards": timer.calls})
+                         "forward_seconds": timer.seconds, "forwards": timer.calls,
+                         **{f"metric_{e.evaluator.name}": e.seconds for e in evaluators},
+                         "added_metrics_fraction": added / (timing.total_seconds - added)})
         median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         overheads = [r["predict_seconds"] / r["forward_seconds"] - 1 for r in runs]
         out[protocol_name] = {
@@ -273,7 +301,9 @@ def bench_pipeline(name: str, settings: Settings) -> dict:
             "forward_images_per_second": settings.images / median["forward_seconds"],
             "forwards_per_image": median["forwards"] / settings.images,
             "overhead": float(np.median(overheads)), "overhead_min": min(overheads), "overhead_max": max(overheads),
-            "runs": runs}
+            "metric_seconds_per_image": {k.removeprefix("metric_"): median[k] / settings.images for k in median
+                                         if k.startswith("metric_")},
+            "added_metrics_fraction": median["added_metrics_fraction"], "runs": runs}
     return out
 
 

@@ -459,14 +459,16 @@ def cmd_bench(args) -> int:
     table = Table(title=f"evaluation loop on the synthetic set ({settings.images} images, "
                         f"median of {settings.rounds} runs, {settings.workers} workers)")
     for column in ("model", "protocol", "images/s (loop)", "images/s (predict)", "images/s (forwards only)",
-                   "forwards / image", "predict over forwards [min-max]"):
+                   "forwards / image", "predict over forwards [min-max]", "boundary + calibration ms / image"):
         table.add_column(column, justify="left" if column in ("model", "protocol") else "right")
     for p in result["pipelines"]:
         for name in ("single_scale", "multi_scale"):
             r = p[name]
             table.add_row(p["model"], name, f"{r['images_per_second']:.2f}", f"{r['predict_images_per_second']:.2f}",
                           f"{r['forward_images_per_second']:.2f}", f"{r['forwards_per_image']:.0f}",
-                          f"+{_percent(r['overhead'])} [{_percent(r['overhead_min'])}-{_percent(r['overhead_max'])}]")
+                          f"+{_percent(r['overhead'])} [{_percent(r['overhead_min'])}-{_percent(r['overhead_max'])}]",
+                          f"{1000 * sum(r['metric_seconds_per_image'].get(k, 0) for k in ('boundary', 'calibration')):.1f}"
+                          f" (+{100 * r['added_metrics_fraction']:.1f} %)")
     out.print(table)
     return EXIT_OK
 

@@ -80,6 +80,9 @@ class EvalSpec:
     bootstrap: int = 1000  # resamples of the images for the 95 % interval of mIoU; 0: none
     per_image: bool = True  # write per-image counts beside the record (<job>.per_image.npz) for `segbench compare`
     previews: int = 0  # save the first N predictions as PNGs for the report's qualitative overlays (evaluate only)
+    boundary: bool = True  # boundary IoU per class, mBIoU, min(IoU, BIoU) (segbench.metrics.boundary)
+    boundary_dilation: float = 0.02  # boundary band width as a fraction of the image diagonal (Cheng et al.)
+    calibration: bool = True  # ECE, NLL, Brier, misclassification AUROC / AUPR / FPR95 (segbench.metrics.calibration)
 
 
 @dataclass(frozen=True)
