@@ -66,7 +66,7 @@ def paper_protocol(info: ModelInfo, dataset: SegDataset, multi_scale: bool = Fal
     ``info.test_mode`` with its crop as window. ``info.test_stride`` (e.g. an official
     checkpoint's setting) takes precedence over any stride here.
     """
-    family, kind = info.family, dataset.kind.removesuffix("_59")
+    family, kind = info.family, (dataset.protocol_kind or dataset.kind).removesuffix("_59")
     test_scale = dataset.test_scale
     if kind == "ade20k" and info.crop_size == 640:
         test_scale = (2048, 640)  # the 640x640 ADE20K configs (Segmenter ViT-L, SegFormer B5)
