@@ -220,6 +220,17 @@ def cmd_eval(args) -> int:
         ci = results["mIoU_ci"]
         line += f"  mIoU 95 % CI [{ci['low']:.2f}, {ci['high']:.2f}] ({ci['resamples']} resamples)"
     out.print(line)
+    if "boundary" in results:
+        b = results["boundary"]
+        out.print(f"boundary IoU (d = {100 * b['dilation_ratio']:g} % of the diagonal): mBIoU {b['mBIoU']:.2f}  "
+                  f"mean min(IoU, BIoU) {b['mIoU_BIoU_min']:.2f}")
+    if (results.get("calibration") or {}).get("pixels"):
+        c = results["calibration"]
+        detection = ("" if c["AUROC"] is None else
+                     f"  errors by max softmax: AUROC {c['AUROC']:.2f}  AUPR-Error {c['AUPR_error']:.2f}  "
+                     f"FPR95 {c['FPR95']:.2f}")
+        out.print(f"calibration ({c['probabilities']}): ECE {c['ECE']:.2f} %  NLL {c['NLL']:.3f}  "
+                  f"Brier {c['Brier']:.3f}{detection}")
     if "size" in results:
         sizes = Table(title="object-size breakdown (segbench protocol: see README)")
         for column in ("bucket", "area (px)", "mIoU", "segments", "classes"):
