@@ -481,6 +481,12 @@ def cmd_bench(args) -> int:
                           f"{1000 * sum(r['metric_seconds_per_image'].get(k, 0) for k in ('boundary', 'calibration')):.1f}"
                           f" (+{100 * r['added_metrics_fraction']:.1f} %)")
     out.print(table)
+    added = result["added_metrics"]
+    seconds = added["metric_seconds_per_image"]
+    out.print(f"added metrics, {added['model']} single scale on {added['scene'][0]}x{added['scene'][1]} scenes "
+              f"({added['protocol']}): evaluation {added['seconds_per_image']:.2f} s / image; boundary "
+              f"{seconds.get('boundary', 0):.3f} s + calibration {seconds.get('calibration', 0):.3f} s = "
+              f"+{100 * added['added_metrics_fraction']:.1f} % over the evaluation without them", highlight=False)
     return EXIT_OK
 
 

@@ -40,7 +40,7 @@ def _evaluate_tiny() -> dict:
     seg, size, boundary, calibration = evaluators
     return {"matrix": seg.confusion.matrix, "names": seg.per_image.names, "counts": seg.per_image.counts,
             "size": size.breakdown.matrices, "segments": size.breakdown.segments,
-            "boundary": boundary.state.boundary, "region": boundary.state.region,
+            "boundary": boundary.state.boundary,
             "correct_hist": calibration.state.correct_hist, "wrong_hist": calibration.state.wrong_hist,
             "bin_pixels": calibration.state.bin_pixels, "results": collect_results(evaluators)}
 
@@ -74,7 +74,7 @@ def test_two_gloo_processes_reproduce_one_process_exactly(tmp_path):
     np.testing.assert_array_equal(sharded["counts"], single["counts"])
     np.testing.assert_array_equal(sharded["size"], single["size"])
     np.testing.assert_array_equal(sharded["segments"], single["segments"])
-    for key in ("boundary", "region", "correct_hist", "wrong_hist", "bin_pixels"):  # integer states: exact
+    for key in ("boundary", "correct_hist", "wrong_hist", "bin_pixels"):  # integer states: exact
         np.testing.assert_array_equal(sharded[key], single[key], err_msg=key)
     for key in ("mIoU", "mAcc", "aAcc", "fwIoU", "per_image", "mIoU_ci", "size", "boundary"):
         assert sharded["results"][key] == single["results"][key], key

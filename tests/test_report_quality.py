@@ -17,7 +17,7 @@ def calibration_metrics(seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     state = Calibration(3)
     label = torch.randint(0, 3, (16, 16), generator=gen)
-    state.update((torch.randn(3, 16, 16, generator=gen) * 3).softmax(0), label)
+    state.update_probabilities((torch.randn(3, 16, 16, generator=gen) * 3).softmax(0), label)
     return {"probabilities": "softmax of the single view's logits", **state.compute()}
 
 

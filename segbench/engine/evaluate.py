@@ -120,12 +120,13 @@ class Scores:
     values: torch.Tensor
     views: int
 
-    def probabilities(self) -> torch.Tensor:
-        return self.values.softmax(0) if self.views == 1 else self.values
+    @property
+    def are_logits(self) -> bool:
+        return self.views == 1
 
     @property
     def description(self) -> str:
-        return ("softmax of the single view's logits" if self.views == 1
+        return ("softmax of the single view's logits" if self.are_logits
                 else f"merged: mean softmax of {self.views} views (scales x flips)")
 
 
@@ -185,13 +186,15 @@ class SizeEvaluator:
 
 
 class BoundaryEvaluator:
-    """Boundary IoU per class, mBIoU and min(IoU, BIoU) (see ``segbench.metrics.boundary``)."""
+    """Boundary IoU per class, mBIoU and min(IoU, BIoU) (see ``segbench.metrics.boundary``);
+    the region IoU comes from ``confusion``, the segmentation evaluator's matrix."""
 
     name = "boundary"
 
-    def __init__(self, num_classes: int, class_names: tuple[str, ...], dilation_ratio: float = DILATION_RATIO):
-        self.class_names = class_names
-        self.state = BoundaryIoU(num_classes, dilation_ratio)
+    def __init__(self, class_names: tuple[str, ...], confusion: ConfusionMatrix,
+                 dilation_ratio: float = DILATION_RATIO):
+        self.class_names, self.confusion = class_names, confusion
+        self.state = BoundaryIoU(len(class_names), dilation_ratio)
 
     def process(self, sample: Sample, pred: torch.Tensor, scores: Scores | None = None) -> None:
         self.state.update(np.asarray(pred), sample.label)
@@ -200,7 +203,7 @@ class BoundaryEvaluator:
         self.state.synchronize()
 
     def results(self) -> dict:
-        return {"boundary": self.state.compute(self.class_names)}
+        return {"boundary": self.state.compute(self.class_names, self.confusion.compute()["IoU"])}
 
 
 class CalibrationEvaluator:
@@ -216,7 +219,8 @@ class CalibrationEvaluator:
 
     def process(self, sample: Sample, pred: torch.Tensor, scores: Scores | None = None) -> None:
         if scores is not None:
-            self.state.update(scores.probabilities(), torch.from_numpy(sample.label))
+            update = self.state.update_logits if scores.are_logits else self.state.update_probabilities
+            update(scores.values, torch.from_numpy(sample.label), pred)
             self.scored = scores.description
 
     def synchronize(self) -> None:
@@ -233,11 +237,12 @@ def standard_evaluators(dataset: SegDataset, size_breakdown: bool = True, bootst
                         boundary_dilation: float = DILATION_RATIO) -> list:
     """The evaluators a record carries: dataset-level and per-image metrics, CIs, sizes,
     boundary IoU, calibration and misclassification detection."""
-    evaluators = [SegmentationEvaluator(dataset.num_classes, dataset.classes, bootstrap, seed)]
+    segmentation = SegmentationEvaluator(dataset.num_classes, dataset.classes, bootstrap, seed)
+    evaluators = [segmentation]
     if size_breakdown:
         evaluators.append(SizeEvaluator(dataset.num_classes, dataset.classes, dataset.size_buckets))
     if boundary:
-        evaluators.append(BoundaryEvaluator(dataset.num_classes, dataset.classes, boundary_dilation))
+        evaluators.append(BoundaryEvaluator(dataset.classes, segmentation.confusion, boundary_dilation))
     if calibration:
         evaluators.append(CalibrationEvaluator(dataset.num_classes))
     return evaluators

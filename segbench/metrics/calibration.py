@@ -62,18 +62,43 @@ class Calibration(MetricState):
         self.add_state("correct_hist", np.zeros(DETECTION_BINS, np.int64), "sum")
         self.add_state("wrong_hist", np.zeros(DETECTION_BINS, np.int64), "sum")
 
-    def update(self, probs: torch.Tensor, label) -> None:
-        """``probs``: (K, H, W) probabilities of one image; ``label``: (H, W) class ids."""
-        self._check_open()
-        label = torch.as_tensor(label).reshape(-1).long().to(probs.device)
+    def update_probabilities(self, probs: torch.Tensor, label, pred=None) -> None:
+        """Add one image: ``probs`` (K, H, W) probabilities, ``label`` (H, W) class ids,
+        ``pred`` (H, W) its prediction (default: the argmax of ``probs``)."""
         probs = probs.reshape(probs.shape[0], -1)
+        p_true = probs.gather(0, self._label_ids(label, probs.device)[None])[0]
+        self._add(probs.amax(0), p_true.clamp_min(PROBABILITY_FLOOR).log(), _sum_of_squares(probs),
+                  probs.argmax(0) if pred is None else pred, label)
+
+    def update_logits(self, logits: torch.Tensor, label, pred=None) -> None:
+        """As ``update_probabilities`` from logits, through their softmax without forming it:
+        per pixel, Z = sum_k exp(l_k - max l) gives the confidence 1 / Z, the log-probability of
+        the label (l_y - max l) - ln Z, and sum_k p_k^2 = sum_k exp(2 (l_k - max l)) / Z^2."""
+        logits = logits.reshape(logits.shape[0], -1)
+        top = logits.amax(0)
+        total, squares = torch.zeros_like(top), torch.zeros_like(top)
+        for row in logits:  # one class at a time: no (K, N) temporary
+            e = (row - top).exp_()
+            total += e
+            squares.addcmul_(e, e)
+        log_true = logits.gather(0, self._label_ids(label, logits.device)[None])[0] - top - total.log()
+        self._add(total.reciprocal(), log_true.clamp_min(float(np.log(PROBABILITY_FLOOR))), squares / total.square(),
+                  logits.argmax(0) if pred is None else pred, label)
+
+    def _label_ids(self, label, device) -> torch.Tensor:
+        """Label ids as an index (ignored pixels read class 0; ``_add`` drops them)."""
+        label = torch.as_tensor(label).reshape(-1).long().to(device)
+        return torch.where(label == self.ignore_index, 0, label)
+
+    def _add(self, confidence, log_true, sum_squares, pred, label) -> None:
+        """Per-pixel confidence, log p[label], sum_k p_k^2 and prediction of one image."""
+        self._check_open()
+        label = torch.as_tensor(label).reshape(-1).long().to(confidence.device)
         keep = label != self.ignore_index
-        label, probs = label[keep], probs[:, keep].float()
-        confidence, pred = probs.max(0)
-        correct = pred == label
-        p_true = probs.gather(0, label[None])[0]
-        nll = -p_true.double().clamp_min(PROBABILITY_FLOOR).log().sum()
-        brier = (probs.double().square().sum(0) - 2 * p_true.double() + 1).sum()
+        confidence, log_true, sum_squares = confidence[keep], log_true[keep], sum_squares[keep]
+        correct = torch.as_tensor(pred).reshape(-1).to(confidence.device)[keep] == label[keep]
+        nll = -log_true.double().sum()
+        brier = (sum_squares.double() - 2 * log_true.double().exp() + 1).sum()
         ece_bin = (confidence * ECE_BINS).long().clamp_(0, ECE_BINS - 1)
         self.bin_pixels += torch.bincount(ece_bin, minlength=ECE_BINS).cpu().numpy()
         self.bin_correct += torch.bincount(ece_bin[correct], minlength=ECE_BINS).cpu().numpy()
@@ -121,6 +146,14 @@ def _average_precision(positives: np.ndarray, negatives: np.ndarray) -> float:
     tp, fp = np.cumsum(positives), np.cumsum(negatives)
     seen = (positives + negatives) > 0
     return float(np.sum(positives[seen] / tp[-1] * tp[seen] / (tp[seen] + fp[seen])))
+
+
+def _sum_of_squares(probs: torch.Tensor) -> torch.Tensor:
+    """(N,) sum over the K rows of probs^2, one row at a time (no (K, N) temporary)."""
+    out = probs[0] * probs[0]
+    for row in probs[1:]:
+        out.addcmul_(row, row)
+    return out
 
 
 def _nan_to_none(values: np.ndarray) -> list:
