@@ -45,7 +45,7 @@ PROBABILITY_FLOOR = 1e-12
 
 def detection_bin(confidence: torch.Tensor) -> torch.Tensor:
     """Histogram bin (0 .. DETECTION_BINS - 1) of each confidence, increasing with it."""
-    s = -torch.log10((1 - confidence.double()).clamp_min(10.0 ** -DETECTION_DECADES))
+    s = -torch.log10((1 - confidence).clamp_min(10.0 ** -DETECTION_DECADES))
     return (s * (DETECTION_BINS / DETECTION_DECADES)).long().clamp_(0, DETECTION_BINS - 1)
 
 
@@ -91,22 +91,27 @@ class Calibration(MetricState):
         return torch.where(label == self.ignore_index, 0, label)
 
     def _add(self, confidence, log_true, sum_squares, pred, label) -> None:
-        """Per-pixel confidence, log p[label], sum_k p_k^2 and prediction of one image."""
+        """Per-pixel confidence, log p[label], sum_k p_k^2 and prediction of one image.
+        Ignored pixels are not compacted away (a copy of every array) but sent to an extra
+        histogram slot that is dropped, and weighted 0 in the sums."""
         self._check_open()
-        label = torch.as_tensor(label).reshape(-1).long().to(confidence.device)
+        label = torch.as_tensor(label).reshape(-1).to(confidence.device)
         keep = label != self.ignore_index
-        confidence, log_true, sum_squares = confidence[keep], log_true[keep], sum_squares[keep]
-        correct = torch.as_tensor(pred).reshape(-1).to(confidence.device)[keep] == label[keep]
-        nll = -log_true.double().sum()
-        brier = (sum_squares.double() - 2 * log_true.double().exp() + 1).sum()
-        ece_bin = (confidence * ECE_BINS).long().clamp_(0, ECE_BINS - 1)
-        self.bin_pixels += torch.bincount(ece_bin, minlength=ECE_BINS).cpu().numpy()
-        self.bin_correct += torch.bincount(ece_bin[correct], minlength=ECE_BINS).cpu().numpy()
-        self.bin_confidence += torch.bincount(ece_bin, confidence.double(), minlength=ECE_BINS).cpu().numpy()
+        correct = (torch.as_tensor(pred).reshape(-1).to(confidence.device) == label) & keep
+        nll = -torch.where(keep, log_true, 0).sum(dtype=torch.float64)
+        brier = torch.where(keep, sum_squares - 2 * log_true.exp() + 1, 0).sum(dtype=torch.float64)
+        ece_bin = torch.where(keep, (confidence * ECE_BINS).long().clamp_(0, ECE_BINS - 1), ECE_BINS)
+        per_bin = torch.bincount(ece_bin * 2 + correct, minlength=2 * ECE_BINS + 2)[:2 * ECE_BINS]
+        per_bin = per_bin.reshape(ECE_BINS, 2).cpu().numpy()  # [wrong, correct] per bin
+        self.bin_pixels += per_bin.sum(1)
+        self.bin_correct += per_bin[:, 1]
+        self.bin_confidence += torch.bincount(ece_bin, confidence.double(), minlength=ECE_BINS + 1)[:ECE_BINS].cpu().numpy()
         self.sums += np.array([float(nll), float(brier)])
-        det_bin = detection_bin(confidence)
-        self.correct_hist += torch.bincount(det_bin[correct], minlength=DETECTION_BINS).cpu().numpy()
-        self.wrong_hist += torch.bincount(det_bin[~correct], minlength=DETECTION_BINS).cpu().numpy()
+        det_bin = torch.where(keep, detection_bin(confidence), DETECTION_BINS)
+        per_bin = torch.bincount(det_bin * 2 + correct, minlength=2 * DETECTION_BINS + 2)[:2 * DETECTION_BINS]
+        per_bin = per_bin.reshape(DETECTION_BINS, 2).cpu().numpy()
+        self.wrong_hist += per_bin[:, 0]
+        self.correct_hist += per_bin[:, 1]
 
     def compute(self) -> dict:
         pixels = int(self.bin_pixels.sum())
