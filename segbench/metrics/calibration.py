@@ -44,9 +44,15 @@ PROBABILITY_FLOOR = 1e-12
 
 
 def detection_bin(confidence: torch.Tensor) -> torch.Tensor:
-    """Histogram bin (0 .. DETECTION_BINS - 1) of each confidence, increasing with it."""
-    s = -torch.log10((1 - confidence).clamp_min(10.0 ** -DETECTION_DECADES))
-    return (s * (DETECTION_BINS / DETECTION_DECADES)).long().clamp_(0, DETECTION_BINS - 1)
+    """Histogram bin (0 .. DETECTION_BINS - 1, int32) of each confidence, increasing with it."""
+    s = (1 - confidence).clamp_min_(10.0 ** -DETECTION_DECADES).log10_().mul_(-DETECTION_BINS / DETECTION_DECADES)
+    return s.to(torch.int32).clamp_(0, DETECTION_BINS - 1)
+
+
+def _pair_histogram(bins: torch.Tensor, correct: torch.Tensor, ignored: torch.Tensor, n: int) -> np.ndarray:
+    """(n, 2) int64 [wrong, correct] pixel counts per bin, ignored pixels left out."""
+    code = bins.mul(2).add_(correct).masked_fill_(ignored, 2 * n)
+    return torch.bincount(code, minlength=2 * n + 1)[:2 * n].reshape(n, 2).cpu().numpy()
 
 
 class Calibration(MetricState):
@@ -76,9 +82,9 @@ class Calibration(MetricState):
         the label (l_y - max l) - ln Z, and sum_k p_k^2 = sum_k exp(2 (l_k - max l)) / Z^2."""
         logits = logits.reshape(logits.shape[0], -1)
         top = logits.amax(0)
-        total, squares = torch.zeros_like(top), torch.zeros_like(top)
-        for row in logits:  # one class at a time: no (K, N) temporary
-            e = (row - top).exp_()
+        total, squares, e = torch.zeros_like(top), torch.zeros_like(top), torch.empty_like(top)
+        for row in logits:  # one class at a time, in one buffer: no (K, N) temporary
+            torch.sub(row, top, out=e).exp_()
             total += e
             squares.addcmul_(e, e)
         log_true = logits.gather(0, self._label_ids(label, logits.device)[None])[0] - top - total.log()
@@ -93,23 +99,21 @@ class Calibration(MetricState):
     def _add(self, confidence, log_true, sum_squares, pred, label) -> None:
         """Per-pixel confidence, log p[label], sum_k p_k^2 and prediction of one image.
         Ignored pixels are not compacted away (a copy of every array) but sent to an extra
-        histogram slot that is dropped, and weighted 0 in the sums."""
+        histogram slot that is dropped, and weighted 0 in the sums; bins are int32, computed
+        in place (this runs on every pixel of every image)."""
         self._check_open()
         label = torch.as_tensor(label).reshape(-1).to(confidence.device)
-        keep = label != self.ignore_index
-        correct = (torch.as_tensor(pred).reshape(-1).to(confidence.device) == label) & keep
-        nll = -torch.where(keep, log_true, 0).sum(dtype=torch.float64)
-        brier = torch.where(keep, sum_squares - 2 * log_true.exp() + 1, 0).sum(dtype=torch.float64)
-        ece_bin = torch.where(keep, (confidence * ECE_BINS).long().clamp_(0, ECE_BINS - 1), ECE_BINS)
-        per_bin = torch.bincount(ece_bin * 2 + correct, minlength=2 * ECE_BINS + 2)[:2 * ECE_BINS]
-        per_bin = per_bin.reshape(ECE_BINS, 2).cpu().numpy()  # [wrong, correct] per bin
+        ignored = label == self.ignore_index
+        correct = (torch.as_tensor(pred).reshape(-1).to(confidence.device) == label).masked_fill_(ignored, False)
+        nll = -log_true.masked_fill(ignored, 0).sum(dtype=torch.float64)
+        brier = log_true.exp().mul_(-2).add_(sum_squares).add_(1).masked_fill_(ignored, 0).sum(dtype=torch.float64)
+        self.sums += np.array([float(nll), float(brier)])
+        ece_bin = (confidence * ECE_BINS).to(torch.int32).clamp_(0, ECE_BINS - 1).masked_fill_(ignored, ECE_BINS)
+        self.bin_confidence += torch.bincount(ece_bin, confidence.double(), minlength=ECE_BINS + 1)[:ECE_BINS].cpu().numpy()
+        per_bin = _pair_histogram(ece_bin, correct, ignored, ECE_BINS)
         self.bin_pixels += per_bin.sum(1)
         self.bin_correct += per_bin[:, 1]
-        self.bin_confidence += torch.bincount(ece_bin, confidence.double(), minlength=ECE_BINS + 1)[:ECE_BINS].cpu().numpy()
-        self.sums += np.array([float(nll), float(brier)])
-        det_bin = torch.where(keep, detection_bin(confidence), DETECTION_BINS)
-        per_bin = torch.bincount(det_bin * 2 + correct, minlength=2 * DETECTION_BINS + 2)[:2 * DETECTION_BINS]
-        per_bin = per_bin.reshape(DETECTION_BINS, 2).cpu().numpy()
+        per_bin = _pair_histogram(detection_bin(confidence), correct, ignored, DETECTION_BINS)
         self.wrong_hist += per_bin[:, 0]
         self.correct_hist += per_bin[:, 1]
 
