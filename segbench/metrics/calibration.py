@@ -71,7 +71,7 @@ class Calibration(MetricState):
     def update_probabilities(self, probs: torch.Tensor, label, pred=None) -> None:
         """Add one image: ``probs`` (K, H, W) probabilities, ``label`` (H, W) class ids,
         ``pred`` (H, W) its prediction (default: the argmax of ``probs``)."""
-        probs = probs.reshape(probs.shape[0], -1)
+        probs = probs.reshape(probs.shape[0], -1).contiguous()  # rows in one block (predict's may be channels-last)
         p_true = probs.gather(0, self._label_ids(label, probs.device)[None])[0]
         self._add(probs.amax(0), p_true.clamp_min(PROBABILITY_FLOOR).log(), _sum_of_squares(probs),
                   probs.argmax(0) if pred is None else pred, label)
@@ -80,7 +80,7 @@ class Calibration(MetricState):
         """As ``update_probabilities`` from logits, through their softmax without forming it:
         per pixel, Z = sum_k exp(l_k - max l) gives the confidence 1 / Z, the log-probability of
         the label (l_y - max l) - ln Z, and sum_k p_k^2 = sum_k exp(2 (l_k - max l)) / Z^2."""
-        logits = logits.reshape(logits.shape[0], -1)
+        logits = logits.reshape(logits.shape[0], -1).contiguous()  # rows in one block (predict's may be channels-last)
         top = logits.amax(0)
         total, squares, e = torch.zeros_like(top), torch.zeros_like(top), torch.empty_like(top)
         for row in logits:  # one class at a time, in one buffer: no (K, N) temporary
