@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from segbench.data.datasets import ADE20K, Cityscapes, COCOStuff, PascalContext, PascalContext59, Synthetic
+from segbench.data.datasets import ACDC, ADE20K, Cityscapes, COCOStuff, PascalContext, PascalContext59, Synthetic
 from segbench.engine.evaluate import MS_RATIOS, paper_protocol
 from segbench.engine.inference import Protocol, predict, predict_slide, rescale_size, view_size, window_starts
 from segbench.models import ModelInfo
@@ -132,11 +132,12 @@ class _Kind:
     """A dataset stand-in with only what paper_protocol reads."""
 
     def __init__(self, cls):
-        self.kind, self.test_scale = cls.kind, cls.test_scale
+        self.kind, self.test_scale, self.protocol_kind = cls.kind, cls.test_scale, cls.protocol_kind
 
 
 @pytest.mark.parametrize("family, crop, dataset, expected", [
     ("segmenter", 512, ADE20K, ("slide", 512, 480, (2048, 512))),
+    ("segformer", 1024, ACDC, ("slide", 1024, 768, (1920, 1080))),  # a Cityscapes model keeps its protocol
     ("segmenter", 640, ADE20K, ("slide", 640, 608, (2048, 640))),
     ("segmenter", 512, PascalContext, ("slide", 480, 320, (520, 520))),
     ("segmenter", 512, Cityscapes, ("slide", 768, 512, (2048, 1024))),
