@@ -8,7 +8,7 @@ from report_records import eval_record, write
 
 from segbench import report
 from segbench.metrics.calibration import Calibration
-from segbench.report.calibration import quality_table, shift_table
+from segbench.report.calibration import quality_table, shift_quality_table, shift_table
 
 GRID = {"fog": (1, 2), "motion_blur": (1,)}
 
@@ -71,3 +71,17 @@ def test_shift_table_puts_synthetic_and_real_drops_side_by_side():
     assert shift_table(records[:1]).empty  # no real-condition evaluation: no table
     assert np.isnan(shift_table(records[:3])  # no sweep: mPC missing, not invented
                     .iloc[0][("Cityscapes-C", "mPC")])
+
+
+def test_shift_quality_table_averages_the_corruption_cells():
+    records = [with_new_metrics(eval_record("c1", "b0", "segformer_b0", 70.0, dataset="cityscapes"), 0),
+               with_new_metrics(eval_record("f1", "b0", "segformer_b0", 50.0, dataset="acdc/fog"), 1)]
+    cells = [corruption_record(f"k{i}", "b0", c, s, v) for i, (c, s, v) in
+             enumerate([("clean", 0, 70.0), ("fog", 1, 60.0), ("fog", 2, 40.0)])]
+    for i, cell in enumerate(cells):
+        cell["metrics"]["calibration"] = {"ECE": 10.0 * i, "AUROC": 80.0, "FPR95": 50.0}
+    table = shift_quality_table(records + cells)
+    assert list(table["condition"]) == ["clean", "Cityscapes-C (mean of 2 cells)", "acdc/fog"]
+    corrupted = table.iloc[1]
+    assert corrupted["ECE"] == 15.0 and corrupted["mIoU"] == 50.0  # the clean cell is not a corruption
+    assert table.iloc[2]["mBIoU"] == 30.0

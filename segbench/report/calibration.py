@@ -143,6 +143,43 @@ def shift_table(records: list[dict], clean_dataset: str = "cityscapes/val",
     return frame
 
 
+def _quality_row(model: str, condition: str, metrics: list[dict]) -> dict:
+    """Mean of each added metric over ``metrics`` (one record's, or every corruption cell's)."""
+    def mean(get) -> float:
+        values = [v for v in (number(get(m)) for m in metrics) if not math.isnan(v)]
+        return sum(values) / len(values) if values else math.nan
+
+    return {"model": model, "condition": condition, "mIoU": mean(lambda m: m.get("mIoU")),
+            "mBIoU": mean(lambda m: (m.get("boundary") or {}).get("mBIoU")),
+            "ECE": mean(lambda m: (m.get("calibration") or {}).get("ECE")),
+            "AUROC": mean(lambda m: (m.get("calibration") or {}).get("AUROC")),
+            "FPR95": mean(lambda m: (m.get("calibration") or {}).get("FPR95"))}
+
+
+def shift_quality_table(records: list[dict], clean_dataset: str = "cityscapes/val",
+                        real_kinds: tuple[str, ...] = ("acdc", "dark_zurich")) -> pd.DataFrame:
+    """Per model and condition (clean, Cityscapes-C averaged over its cells, each real one):
+    mIoU, mBIoU, ECE, AUROC and FPR95 (single scale): do boundaries and confidence hold up?"""
+    evals = [r for r in finished(records, "eval") if protocol_of(r) == "single_scale"]
+    kind, split = clean_dataset.split("/")
+    cells: dict[str, list[dict]] = {}
+    for r in finished(records, "corruption"):
+        if (r["config"]["dataset"]["kind"], r["config"]["eval"]["split"], r["config"]["eval"]["protocol"]) == \
+                (kind, split, "single_scale") and r.get("corruption") != "clean":
+            cells.setdefault(r["model"], []).append(r["metrics"])
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in evals):
+        mine = [r for r in evals if r["model"] == model]
+        real = sorted((r for r in mine if r["dataset"].split("/")[0] in real_kinds), key=lambda r: r["dataset"])
+        if not real:
+            continue
+        rows += [_quality_row(model, "clean", [r["metrics"]]) for r in mine if r["dataset"] == clean_dataset]
+        if cells.get(model):
+            rows.append(_quality_row(model, f"Cityscapes-C (mean of {len(cells[model])} cells)", cells[model]))
+        rows += [_quality_row(model, r["dataset"].removesuffix(f"/{split}"), [r["metrics"]]) for r in real]
+    return pd.DataFrame(rows).dropna(axis=1, how="all")
+
+
 def shift_section(records: list[dict]) -> Section | None:
     table = shift_table(records)
     if table.empty:
@@ -151,7 +188,12 @@ def shift_section(records: list[dict]) -> Section | None:
             "corruption cells (mPC), and on real adverse conditions (ACDC per condition, Dark Zurich night); "
             "drop = clean − that mIoU, in points. Synthetic corruptions and real conditions rank models "
             "differently where the drops disagree.")
-    return Section("Synthetic vs real conditions", text,
-                   [Table("shift", "Synthetic vs real conditions", table,
-                          "ACDC and Dark Zurich: invalid regions ignored (see README); Cityscapes models at their "
-                          "Cityscapes protocol.")])
+    tables = [Table("shift", "Synthetic vs real conditions", table,
+                    "ACDC and Dark Zurich: invalid regions ignored (see README); Cityscapes models at their "
+                    "Cityscapes protocol.")]
+    quality = shift_quality_table(records)
+    if not quality.empty and len(quality.columns) > 3:
+        tables.append(Table("shift_quality", "Boundaries and confidence under shift", quality,
+                            "Single scale, in %: mIoU, mBIoU, ECE, and misclassification AUROC and FPR95 by "
+                            "maximum softmax probability; Cityscapes-C rows average the corruption cells."))
+    return Section("Synthetic vs real conditions", text, tables)
