@@ -18,7 +18,12 @@ computing something else.
 - The evaluation pipeline on the synthetic set (single scale, multi-scale + flip): images
   per second of the loop (reading, predicting, metrics), and the time of ``predict`` next to
   the sum of the model's forward passes inside it (timed one by one): what resizing,
-  windows, flips and merging add.
+  windows, flips and merging add; and the time each evaluator's ``process`` takes per
+  image, with the share the boundary and calibration evaluators add to the evaluation
+  without them (``added_metrics_fraction``).
+- The cost of those added metrics where it matters: a SegFormer-B0 single-scale evaluation
+  (its Cityscapes protocol: 1024 x 1024 windows, stride 768) of Cityscapes-sized scenes
+  (1024 x 2048, 19 classes), every standard evaluator on, each one timed.
 
 Weights are random: no number here depends on their values.
 """
@@ -34,7 +39,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from segbench.data.datasets import Synthetic
+from segbench.data.datasets import CITYSCAPES_CLASSES, Sample, SegDataset, Synthetic
 from segbench.devices import AMP_DTYPES, device_name, synchronize
 from segbench.engine.evaluate import evaluate, standard_evaluators
 from segbench.engine.protocols import paper_protocol
@@ -50,6 +55,8 @@ VIT_ENCODERS = {"segmenter": ("segmenter_b16_mask", 1e-5, "vit_base_patch16_224"
                 "setr": ("setr_b16_pup", 1e-6, "vit_base_patch16_224", False)}
 PIPELINE_MODELS = ("segformer_b0", "segmenter_t16_mask")
 QUICK_PIPELINE_MODELS = ("segformer_micro", "segmenter_micro_p8_mask")
+ADDED_METRICS_SCENE = ("segformer_b0", (1024, 2048))  # model, scene (height, width): a Cityscapes image
+QUICK_ADDED_METRICS_SCENE = ("segformer_micro", (128, 256))
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Settings:
     num_classes: int = 150
     images: int = 4  # synthetic images per pipeline run
     pipeline_models: tuple[str, ...] = PIPELINE_MODELS
+    added_metrics_scene: tuple = ADDED_METRICS_SCENE
     workers: int = 0
     amp: str | None = None
     compile: bool = False
@@ -70,7 +78,8 @@ class Settings:
 
 def quick_settings(**overrides) -> Settings:
     """Small enough for a CPU in about a minute: 256 x 256, 3 rounds, micro pipelines."""
-    return Settings(**{"size": 256, "rounds": 3, "images": 2, "pipeline_models": QUICK_PIPELINE_MODELS, **overrides})
+    return Settings(**{"size": 256, "rounds": 3, "images": 2, "pipeline_models": QUICK_PIPELINE_MODELS,
+                       "added_metrics_scene": QUICK_ADDED_METRICS_SCENE, **overrides})
 
 
 def _runner(fn, settings: Settings):
@@ -243,6 +252,29 @@ class ForwardTimer(nn.Module):
         return out
 
 
+class TimedEvaluator:
+    """An evaluator whose ``process`` calls are timed (synchronised on CUDA)."""
+
+    def __init__(self, evaluator, device: torch.device):
+        self.evaluator, self.device, self.seconds = evaluator, device, 0.0
+
+    def process(self, sample, pred, scores=None) -> None:
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.evaluator.process(sample, pred, scores)
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+
+    def synchronize(self) -> None:
+        self.evaluator.synchronize()
+
+    def results(self) -> dict:
+        return self.evaluator.results()
+
+
+ADDED_EVALUATORS = ("boundary", "calibration")  # issue 17's: their cost against the rest of the evaluation
+
+
 def bench_pipeline(name: str, settings: Settings) -> dict:
     """The evaluation loop on the synthetic set, single scale and multi-scale + flip."""
     device = torch.device(settings.device)
@@ -257,10 +289,13 @@ def bench_pipeline(name: str, settings: Settings) -> dict:
         runs = []
         for _ in range(settings.rounds):
             timer.seconds, timer.calls = 0.0, 0
-            timing = evaluate(timer, dataset, protocol, standard_evaluators(dataset, bootstrap=0), device,
-                              workers=settings.workers)
+            evaluators = [TimedEvaluator(e, device) for e in standard_evaluators(dataset, bootstrap=0)]
+            timing = evaluate(timer, dataset, protocol, evaluators, device, workers=settings.workers)
+            added = sum(e.seconds for e in evaluators if e.evaluator.name in ADDED_EVALUATORS)
             runs.append({"total_seconds": timing.total_seconds, "predict_seconds": timing.model_seconds,
-                         "forward_seconds": timer.seconds, "forwards": timer.calls})
+                         "forward_seconds": timer.seconds, "forwards": timer.calls,
+                         **{f"metric_{e.evaluator.name}": e.seconds for e in evaluators},
+                         "added_metrics_fraction": added / (timing.total_seconds - added)})
         median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         overheads = [r["predict_seconds"] / r["forward_seconds"] - 1 for r in runs]
         out[protocol_name] = {
@@ -269,8 +304,57 @@ def bench_pipeline(name: str, settings: Settings) -> dict:
             "forward_images_per_second": settings.images / median["forward_seconds"],
             "forwards_per_image": median["forwards"] / settings.images,
             "overhead": float(np.median(overheads)), "overhead_min": min(overheads), "overhead_max": max(overheads),
-            "runs": runs}
+            "metric_seconds_per_image": {k.removeprefix("metric_"): median[k] / settings.images for k in median
+                                         if k.startswith("metric_")},
+            "added_metrics_fraction": median["added_metrics_fraction"], "runs": runs}
     return out
+
+
+class SceneDataset(SegDataset):
+    """``count`` times one random Cityscapes-classed scene of ``shape``, tested at its own size
+    (the Cityscapes test scale for 1024 x 2048); the label is a grid of 64-pixel blocks of
+    random classes, so there are boundaries everywhere."""
+
+    kind = "cityscapes"
+    classes = CITYSCAPES_CLASSES
+
+    def __init__(self, count: int, shape: tuple[int, int]):
+        rng = np.random.default_rng(0)
+        height, width = shape
+        blocks = rng.integers(0, len(self.classes), (-(-height // 64), -(-width // 64)))
+        label = np.kron(blocks, np.ones((64, 64), np.int64))[:height, :width].astype(np.uint8)
+        self.sample = Sample(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), label, None, "scene")
+        self.test_scale = (width, height)
+        super().__init__([None] * count, f"cityscapes-shaped {height}x{width}")
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.sample
+
+
+def bench_added_metrics(settings: Settings) -> dict:
+    """Seconds per image of each evaluator in a single-scale evaluation of ``settings.images``
+    scenes (median over rounds), and the share boundary + calibration add to the rest."""
+    name, shape = settings.added_metrics_scene
+    device = torch.device(settings.device)
+    dataset = SceneDataset(settings.images, shape)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=dataset.num_classes).eval().to(device)
+    protocol = paper_protocol(model.info, dataset)
+    runs = []
+    for _ in range(settings.rounds):
+        evaluators = [TimedEvaluator(e, device) for e in standard_evaluators(dataset, bootstrap=0)]
+        timing = evaluate(model, dataset, protocol, evaluators, device, workers=settings.workers)
+        added = sum(e.seconds for e in evaluators if e.evaluator.name in ADDED_EVALUATORS)
+        runs.append({"total_seconds": timing.total_seconds, "added_seconds": added,
+                     **{f"metric_{e.evaluator.name}": e.seconds for e in evaluators}})
+    median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    return {"model": name, "scene": list(shape), "images": settings.images, "protocol": protocol.source,
+            "seconds_per_image": median["total_seconds"] / settings.images,
+            "metric_seconds_per_image": {k.removeprefix("metric_"): median[k] / settings.images for k in median
+                                         if k.startswith("metric_")},
+            "added_metrics_fraction": float(np.median([r["added_seconds"] / (r["total_seconds"] - r["added_seconds"])
+                                                       for r in runs])),
+            "runs": runs}
 
 
 def run_bench(settings: Settings, progress=None) -> dict:
@@ -298,6 +382,8 @@ def run_bench(settings: Settings, progress=None) -> dict:
     for name in settings.pipeline_models:
         step(f"evaluation pipeline: {name}")
         pipelines.append(bench_pipeline(name, settings))
+    step(f"added metrics: {settings.added_metrics_scene[0]} on {settings.added_metrics_scene[1]} scenes")
+    added_metrics = bench_added_metrics(settings)
     return {"settings": asdict(settings), "torch": torch.__version__, "device_name": device_name(device),
             "threads": torch.get_num_threads(), "load_average": {"before": load_before, "after": os.getloadavg()},
-            "matmul": rate, "comparisons": comparisons, "pipelines": pipelines}
+            "matmul": rate, "comparisons": comparisons, "pipelines": pipelines, "added_metrics": added_metrics}

@@ -221,6 +221,17 @@ def cmd_eval(args) -> int:
         ci = results["mIoU_ci"]
         line += f"  mIoU 95 % CI [{ci['low']:.2f}, {ci['high']:.2f}] ({ci['resamples']} resamples)"
     out.print(line)
+    if "boundary" in results:
+        b = results["boundary"]
+        out.print(f"boundary IoU (d = {100 * b['dilation_ratio']:g} % of the diagonal): mBIoU {b['mBIoU']:.2f}  "
+                  f"mean min(IoU, BIoU) {b['mIoU_BIoU_min']:.2f}")
+    if (results.get("calibration") or {}).get("pixels"):
+        c = results["calibration"]
+        detection = ("" if c["AUROC"] is None else
+                     f"  errors by max softmax: AUROC {c['AUROC']:.2f}  AUPR-Error {c['AUPR_error']:.2f}  "
+                     f"FPR95 {c['FPR95']:.2f}")
+        out.print(f"calibration ({c['probabilities']}): ECE {c['ECE']:.2f} %  NLL {c['NLL']:.3f}  "
+                  f"Brier {c['Brier']:.3f}{detection}")
     if "size" in results:
         sizes = Table(title="object-size breakdown (segbench protocol: see README)")
         for column in ("bucket", "area (px)", "mIoU", "segments", "classes"):
@@ -450,15 +461,23 @@ def cmd_bench(args) -> int:
     table = Table(title=f"evaluation loop on the synthetic set ({settings.images} images, "
                         f"median of {settings.rounds} runs, {settings.workers} workers)")
     for column in ("model", "protocol", "images/s (loop)", "images/s (predict)", "images/s (forwards only)",
-                   "forwards / image", "predict over forwards [min-max]"):
+                   "forwards / image", "predict over forwards [min-max]", "boundary + calibration ms / image"):
         table.add_column(column, justify="left" if column in ("model", "protocol") else "right")
     for p in result["pipelines"]:
         for name in ("single_scale", "multi_scale"):
             r = p[name]
             table.add_row(p["model"], name, f"{r['images_per_second']:.2f}", f"{r['predict_images_per_second']:.2f}",
                           f"{r['forward_images_per_second']:.2f}", f"{r['forwards_per_image']:.0f}",
-                          f"+{_percent(r['overhead'])} [{_percent(r['overhead_min'])}-{_percent(r['overhead_max'])}]")
+                          f"+{_percent(r['overhead'])} [{_percent(r['overhead_min'])}-{_percent(r['overhead_max'])}]",
+                          f"{1000 * sum(r['metric_seconds_per_image'].get(k, 0) for k in ('boundary', 'calibration')):.1f}"
+                          f" (+{100 * r['added_metrics_fraction']:.1f} %)")
     out.print(table)
+    added = result["added_metrics"]
+    seconds = added["metric_seconds_per_image"]
+    out.print(f"added metrics, {added['model']} single scale on {added['scene'][0]}x{added['scene'][1]} scenes "
+              f"({added['protocol']}): evaluation {added['seconds_per_image']:.2f} s / image; boundary "
+              f"{seconds.get('boundary', 0):.3f} s + calibration {seconds.get('calibration', 0):.3f} s = "
+              f"+{100 * added['added_metrics_fraction']:.1f} % over the evaluation without them", highlight=False)
     return EXIT_OK
 
 

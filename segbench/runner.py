@@ -326,7 +326,8 @@ class Runner:
         model, checkpoint = self.load(job)
         protocol = self.protocol_for(model, dataset, spec)
         dataset = view(dataset) if view else dataset
-        evaluators = standard_evaluators(dataset, spec["size_breakdown"], spec["bootstrap"], self.suite.seed)
+        evaluators = standard_evaluators(dataset, spec["size_breakdown"], spec["bootstrap"], self.suite.seed,
+                                         spec["boundary"], spec["calibration"], spec["boundary_dilation"])
         count = len(dataset) if spec["max_images"] is None else min(spec["max_images"], len(dataset))
         task = self._task(description, count)
         previews = []  # opt-in: the first predictions as PNGs, for the report's overlays

@@ -108,6 +108,9 @@ class EvalSpec:
     workers: int = 0  # processes that read and resize images ahead of the model
     amp: str | None = None  # autocast: bf16 | fp16 (can change predictions: part of the job id)
     compile: bool = False  # torch.compile (part of the job id)
+    boundary: bool = True  # boundary IoU per class, mBIoU, min(IoU, BIoU) (segbench.metrics.boundary)
+    boundary_dilation: float = 0.02  # boundary band width as a fraction of the image diagonal (Cheng et al.)
+    calibration: bool = True  # ECE, NLL, Brier, misclassification AUROC / AUPR / FPR95 (segbench.metrics.calibration)
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,9 @@ def _check_eval(suite: Suite, spec: EvalSpec, path: str, where: _Where) -> None:
         raise where.error(f"{path}.bootstrap", f"expected 0 (off) or a number of resamples, got {spec.bootstrap}")
     if spec.previews < 0:
         raise where.error(f"{path}.previews", f"expected 0 (off) or a number of images, got {spec.previews}")
+    if not 0 < spec.boundary_dilation < 1:
+        raise where.error(f"{path}.boundary_dilation", "the boundary band as a fraction of the image diagonal, "
+                                                       f"in (0, 1) (default 0.02), got {spec.boundary_dilation}")
     if spec.mode not in (None, "whole", "slide"):
         raise where.error(f"{path}.mode", f"mode must be 'whole' or 'slide', got {spec.mode!r}")
     for model in spec.models:

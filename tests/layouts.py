@@ -78,3 +78,40 @@ def write_coco_stuff(root: Path, labels: list[np.ndarray], train_ids: bool, spli
         suffix = "_labelTrainIds.png" if train_ids else ".png"
         save(root / "annotations" / split_folder / f"{name}{suffix}", label.astype(np.uint8))
     return names
+
+
+def write_acdc(root: Path, labels: dict[str, list[np.ndarray]], invalid: dict[str, list[np.ndarray]] | None = None,
+               split: str = "val", sequence: str = "GOPR0475") -> list[str]:
+    """ACDC layout (rgb_anon/ + gt/ per condition); ``labels`` per condition hold Cityscapes
+    train ids; ``invalid`` the matching invalid-region masks (1 = invalid), written as ``_gt_invIds.png``."""
+    rng = np.random.default_rng(4)
+    names = []
+    for condition, maps in labels.items():
+        for i, label in enumerate(maps):
+            name = f"{sequence}_frame_{i:06d}"
+            h, w = label.shape
+            save(root / "rgb_anon" / condition / split / sequence / f"{name}_rgb_anon.png", rgb(rng, h, w))
+            gt = root / "gt" / condition / split / sequence
+            save(gt / f"{name}_gt_labelTrainIds.png", label.astype(np.uint8))
+            if invalid is not None:
+                save(gt / f"{name}_gt_invIds.png", invalid[condition][i].astype(np.uint8))
+            names.append(name)
+    return names
+
+
+def write_dark_zurich(root: Path, labels: list[np.ndarray], invalid: list[np.ndarray] | None = None,
+                      sequence: str = "GOPR0356") -> list[str]:
+    """Dark Zurich val layout; ``labels`` hold Cityscapes train ids; ``invalid`` the
+    invalid-region masks, written as ``_gt_invGray.png`` (255 = invalid)."""
+    rng = np.random.default_rng(5)
+    names = []
+    for i, label in enumerate(labels):
+        name = f"{sequence}_frame_{i:06d}"
+        h, w = label.shape
+        save(root / "rgb_anon" / "val" / "night" / sequence / f"{name}_rgb_anon.png", rgb(rng, h, w))
+        gt = root / "gt" / "val" / "night" / sequence
+        save(gt / f"{name}_gt_labelTrainIds.png", label.astype(np.uint8))
+        if invalid is not None:
+            save(gt / f"{name}_gt_invGray.png", (invalid[i] > 0).astype(np.uint8) * 255)
+        names.append(name)
+    return names

@@ -35,9 +35,14 @@ def _evaluate_tiny() -> dict:
     dataset = Synthetic("val", num_images=NUM_IMAGES, image_size=64)
     evaluators = standard_evaluators(dataset, size_breakdown=True, bootstrap=200)
     evaluate(model, dataset, Protocol(mode="slide", window=48, stride=32), evaluators)
-    seg, size = evaluators
+    for evaluator in evaluators:  # synchronize is idempotent: a second call must not add the shards again
+        evaluator.synchronize()
+    seg, size, boundary, calibration = evaluators
     return {"matrix": seg.confusion.matrix, "names": seg.per_image.names, "counts": seg.per_image.counts,
-            "size": size.breakdown.matrices, "segments": size.breakdown.segments, "results": collect_results(evaluators)}
+            "size": size.breakdown.matrices, "segments": size.breakdown.segments,
+            "boundary": boundary.state.boundary,
+            "correct_hist": calibration.state.correct_hist, "wrong_hist": calibration.state.wrong_hist,
+            "bin_pixels": calibration.state.bin_pixels, "results": collect_results(evaluators)}
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -69,6 +74,11 @@ def test_two_gloo_processes_reproduce_one_process_exactly(tmp_path):
     np.testing.assert_array_equal(sharded["counts"], single["counts"])
     np.testing.assert_array_equal(sharded["size"], single["size"])
     np.testing.assert_array_equal(sharded["segments"], single["segments"])
-    for key in ("mIoU", "mAcc", "aAcc", "fwIoU", "per_image", "mIoU_ci", "size"):
+    for key in ("boundary", "correct_hist", "wrong_hist", "bin_pixels"):  # integer states: exact
+        np.testing.assert_array_equal(sharded[key], single[key], err_msg=key)
+    for key in ("mIoU", "mAcc", "aAcc", "fwIoU", "per_image", "mIoU_ci", "size", "boundary"):
         assert sharded["results"][key] == single["results"][key], key
-    assert single["matrix"].sum() > 0
+    # Float sums (confidence, NLL, Brier) add in another order over two shards: equal to rounding.
+    for key in ("ECE", "NLL", "Brier", "AUROC", "AUPR_error", "FPR95"):
+        assert abs(sharded["results"]["calibration"][key] - single["results"]["calibration"][key]) < 1e-9, key
+    assert single["matrix"].sum() > 0 and single["boundary"][0].sum() > 0 and single["wrong_hist"].sum() > 0

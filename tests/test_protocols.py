@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segbench.data.datasets import ADE20K, Cityscapes, COCOStuff, PascalContext, PascalContext59, Synthetic
+from segbench.data.datasets import ACDC, ADE20K, Cityscapes, COCOStuff, PascalContext, PascalContext59, Synthetic
 from segbench.engine.inference import model_inputs, view_size
 from segbench.engine.protocols import paper_protocol
 from segbench.errors import SegbenchError
@@ -151,7 +151,7 @@ class _Kind:
     """A dataset stand-in with only what paper_protocol reads."""
 
     def __init__(self, cls):
-        self.kind, self.test_scale = cls.kind, cls.test_scale
+        self.kind, self.test_scale, self.protocol_kind = cls.kind, cls.test_scale, cls.protocol_kind
 
 
 def cell_info(cell: dict) -> ModelInfo:
@@ -205,6 +205,14 @@ def test_a_model_stride_setting_takes_precedence():
     info = cell_info(dict(CELLS["segmenter-ade20k"])).with_(test_stride=512)
     protocol = paper_protocol(info, _Kind(ADE20K))
     assert (protocol.window, protocol.stride) == (512, 512) and "from the model's settings" in protocol.source
+
+
+def test_a_cityscapes_model_keeps_its_protocol_on_acdc():
+    # ACDC / Dark Zurich are Cityscapes-labelled: SegFormer's Cityscapes windows, at their native 1920x1080
+    info = cell_info(dict(CELLS["segformer-cityscapes"]))
+    protocol = paper_protocol(info, _Kind(ACDC))
+    assert (protocol.mode, protocol.window, protocol.stride, protocol.test_scale) == ("slide", 1024, 768, ACDC.test_scale)
+    assert paper_protocol(info, _Kind(Cityscapes)).window == 1024
 
 
 def test_synthetic_keeps_the_model_defaults():

@@ -114,6 +114,7 @@ class SegDataset:
     """Base of the readers: a list of (image, label, instances) files and class metadata."""
 
     kind = ""  # the suite's dataset kind; also selects the paper's test protocol
+    protocol_kind: str | None = None  # the dataset whose paper protocol applies, where not ``kind``
     classes: tuple[str, ...] = ()
     official_palette: np.ndarray | None = None  # the dataset's own colours, where it has them
     layout = "built in (no files)"
@@ -393,6 +394,123 @@ class COCOStuff(SegDataset):
         return self.label_lut
 
 
+ACDC_LAYOUT = """\
+  <root>/rgb_anon/{fog,night,rain,snow}/{train,val}/<sequence>/<name>_rgb_anon.png
+  <root>/gt/{fog,night,rain,snow}/{train,val}/<sequence>/<name>_gt_labelTrainIds.png
+        (Cityscapes train ids 0..18, 255 = ignore)
+  <root>/gt/<condition>/<split>/<sequence>/<name>_gt_invIds.png
+        (invalid-region masks, 1 = uncertain content: ignored unless invalid_regions: score)
+(rgb_anon_trainvaltest.zip and gt_trainval.zip from acdc.vision.ee.ethz.ch; test labels are not public)"""
+
+DARK_ZURICH_LAYOUT = """\
+  <root>/rgb_anon/val/night/<sequence>/<name>_rgb_anon.png
+  <root>/gt/val/night/<sequence>/<name>_gt_labelTrainIds.png   (Cityscapes train ids 0..18, 255 = ignore)
+  <root>/gt/val/night/<sequence>/<name>_gt_invGray.png          (invalid-region masks, nonzero = invalid:
+        ignored unless invalid_regions: score)
+(Dark_Zurich_val_anon.zip from the Dark Zurich page, trace.ethz.ch; test labels are not public)"""
+
+INVALID_REGIONS = ("ignore", "score")
+
+
+class _CityscapesLabelled(SegDataset):
+    """Driving scenes labelled in Cityscapes train ids, with invalid-region masks (the ETH
+    adverse-condition sets): scored with the Cityscapes models at their Cityscapes protocol.
+
+    Invalid regions (content the annotators could not label with confidence in the
+    adverse image) are ignored by default, as the BRAVO challenge's ACDC evaluation does
+    for its semantic metrics (valeoai/bravo_challenge, ``compute_semantic_metrics_invalid_area``
+    off); ``invalid_regions: score`` keeps their labels, as evaluations that read only the
+    ``_gt_labelTrainIds.png`` files do."""
+
+    classes = CITYSCAPES_CLASSES
+    official_palette = CITYSCAPES_COLOURS
+    label_lut = identity_lut(len(CITYSCAPES_CLASSES))
+    label_ids = "Cityscapes train ids (0..18, 255 = ignore)"
+    protocol_kind = "cityscapes"
+    test_scale = (1920, 1080)  # the native 1920x1080 frames
+    invalid_suffixes: tuple[str, ...] = ()
+
+    def _collect(self, images: Path, labels: Path, invalid_regions: str) -> list:
+        if invalid_regions not in INVALID_REGIONS:
+            raise DatasetError(f"{type(self).__name__}: invalid_regions must be one of {INVALID_REGIONS}, "
+                               f"got {invalid_regions!r}")
+        self.invalid_regions = invalid_regions
+        _require_dir(images, type(self).__name__, self.layout)
+        _require_dir(labels, type(self).__name__, self.layout)
+        files = []
+        for image_path in sorted(images.glob("*/*_rgb_anon.png")):
+            stem = self.sample_name(image_path)
+            label_path = labels / image_path.parent.name / f"{stem}_gt_labelTrainIds.png"
+            if not label_path.exists():
+                raise DatasetError(f"{image_path}: no annotation at {label_path}")
+            if invalid_regions == "ignore" and not self._invalid_mask(label_path).exists():
+                raise DatasetError(f"{label_path}: no invalid-region mask beside it "
+                                   f"({' or '.join(self.invalid_suffixes)}); add the masks from the official "
+                                   f"archive, or set the dataset option invalid_regions: score")
+            files.append((image_path, label_path, None))
+        _require_files(files, images, self.layout)
+        return files
+
+    def sample_name(self, image_path: Path) -> str:
+        return image_path.name.removesuffix("_rgb_anon.png")
+
+    def _invalid_mask(self, label_path: Path) -> Path:
+        stem = label_path.name.removesuffix("_gt_labelTrainIds.png")
+        candidates = [label_path.with_name(stem + suffix) for suffix in self.invalid_suffixes]
+        return next((p for p in candidates if p.exists()), candidates[0])
+
+    def read_label(self, path: Path) -> np.ndarray:
+        label = super().read_label(path)
+        if self.invalid_regions == "ignore":
+            mask_path = self._invalid_mask(path)
+            invalid = read_id_map(mask_path)
+            if invalid.shape != label.shape:
+                raise DatasetError(f"{mask_path}: invalid-region mask is {invalid.shape[1]}x{invalid.shape[0]} "
+                                   f"but its label is {label.shape[1]}x{label.shape[0]}")
+            label = np.where(invalid > 0, IGNORE_INDEX, label).astype(np.uint8)
+        return label
+
+
+class ACDC(_CityscapesLabelled):
+    """ACDC (Sakaridis et al., ICCV 2021): fog, night, rain and snow, 19 Cityscapes classes."""
+
+    kind = "acdc"
+    conditions = ("fog", "night", "rain", "snow")
+    splits = ("train", "val")  # the test split's labels are withheld for the benchmark server
+    invalid_suffixes = ("_gt_invIds.png",)
+    layout = ACDC_LAYOUT
+
+    def __init__(self, root: str | os.PathLike, split: str = "val", conditions=conditions,
+                 invalid_regions: str = "ignore"):
+        root = Path(root)
+        _check_split(type(self), split)
+        conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
+        unknown = [c for c in conditions if c not in self.conditions]
+        if unknown or not conditions:
+            raise DatasetError(f"ACDC: conditions must be among {self.conditions}, got {list(conditions)}")
+        files = []
+        for condition in conditions:
+            files += self._collect(root / "rgb_anon" / condition / split, root / "gt" / condition / split,
+                                   invalid_regions)
+        name = "+".join(conditions) if conditions != self.conditions else "all"
+        super().__init__(files, name=f"{self.kind}/{name}/{split}")
+
+
+class DarkZurich(_CityscapesLabelled):
+    """Dark Zurich val (Sakaridis et al., ICCV 2019): 50 nighttime images, 19 Cityscapes classes."""
+
+    kind = "dark_zurich"
+    splits = ("val",)  # the test split's labels are withheld for the benchmark server
+    invalid_suffixes = ("_gt_invGray.png", "_gt_invIds.png")
+    layout = DARK_ZURICH_LAYOUT
+
+    def __init__(self, root: str | os.PathLike, split: str = "val", invalid_regions: str = "ignore"):
+        root = Path(root)
+        _check_split(type(self), split)
+        files = self._collect(root / "rgb_anon" / split / "night", root / "gt" / split / "night", invalid_regions)
+        super().__init__(files, name=f"{self.kind}/{split}")
+
+
 # ADE20K's buckets scaled to 128 px scenes (ADE20K is tested at short side 512): the same
 # fraction of the image, so "small" means the same thing relative to the scene.
 SYNTHETIC_SIZE_BUCKETS = (16 ** 2, 48 ** 2)
@@ -458,7 +576,7 @@ def materialize_synthetic(out: str | os.PathLike, splits: dict[str, int], image_
 
 
 DATASETS = {"synthetic": Synthetic, "ade20k": ADE20K, "cityscapes": Cityscapes, "pascal_context": PascalContext,
-            "pascal_context_59": PascalContext59, "coco_stuff": COCOStuff}
+            "pascal_context_59": PascalContext59, "coco_stuff": COCOStuff, "acdc": ACDC, "dark_zurich": DarkZurich}
 
 
 def dataset_classes(kind: str, root: str | None, options: dict) -> tuple[str, ...]:
@@ -479,6 +597,8 @@ def check_dataset_options(kind: str, root: str | None, options: dict) -> None:
             where = " read from a root (the materialised files)" if reader is SyntheticOnDisk else ""
             raise DatasetError(f"dataset {kind!r}{where}: unknown option {name!r}; allowed: "
                                f"{', '.join(allowed) or 'none'}")
+        if name not in hints:  # an unannotated option: its reader checks it
+            continue
         types = typing.get_args(hints[name]) or (hints[name],)
         # list[int] and the like are checked as lists: the reader checks their items
         if not any(value is None if t is type(None) else

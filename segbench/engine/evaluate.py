@@ -27,6 +27,8 @@ from segbench.data.datasets import IGNORE_INDEX, DatasetError, Sample, SegDatase
 from segbench.data.loader import opencv_single_threaded
 from segbench.devices import synchronize
 from segbench.engine.inference import Protocol, inference_model, precision, predict, resize_views
+from segbench.metrics.boundary import DILATION_RATIO, BoundaryIoU
+from segbench.metrics.calibration import Calibration
 from segbench.metrics.confusion import ConfusionMatrix
 from segbench.metrics.size import SizeBreakdown
 from segbench.metrics.stats import PerImageCounts, bootstrap_miou
@@ -45,6 +47,25 @@ def device_batch_size(model, protocol: Protocol, device, amp: str | None = None,
     return largest_batch(model.eval(), protocol.window, protocol.window, device, amp is not None, limit=limit)[0]
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What the protocol computed for one image, for evaluators that need more than the
+    prediction: (K, H, W) logits of a single view, or the mean softmax probabilities of
+    ``views`` views (scales x flips, ``engine.inference.predict``)."""
+
+    values: torch.Tensor
+    views: int
+
+    @property
+    def are_logits(self) -> bool:
+        return self.views == 1
+
+    @property
+    def description(self) -> str:
+        return ("softmax of the single view's logits" if self.are_logits
+                else f"merged: mean softmax of {self.views} views (scales x flips)")
+
+
 class SegmentationEvaluator:
     """Dataset-level confusion matrix -> mIoU, mAcc, aAcc, fwIoU, per-class IoU; per-image
     counts -> per-image mIoU (mean, worst decile) and a bootstrap interval of mIoU."""
@@ -57,14 +78,13 @@ class SegmentationEvaluator:
         self.confusion = ConfusionMatrix(num_classes)
         self.per_image = PerImageCounts(num_classes)
 
-    def process(self, sample: Sample, pred: torch.Tensor) -> None:
+    def process(self, sample: Sample, pred: torch.Tensor, scores: Scores | None = None) -> None:
         counts = self.confusion.update(pred, torch.from_numpy(sample.label))
         self.per_image.update(counts, sample.name)
 
     def synchronize(self) -> None:
-        self.confusion.matrix = dist.all_reduce_sum(self.confusion.matrix)
-        rows = dist.gather_sharded(list(zip(self.per_image.names, self.per_image.rows)))
-        self.per_image.names, self.per_image.rows = [n for n, _ in rows], [r for _, r in rows]
+        self.confusion.synchronize()
+        self.per_image.synchronize()
 
     def results(self) -> dict:
         scores = self.confusion.compute()
@@ -91,23 +111,76 @@ class SizeEvaluator:
         self.class_names = class_names
         self.breakdown = SizeBreakdown(num_classes, thresholds)
 
-    def process(self, sample: Sample, pred: torch.Tensor) -> None:
+    def process(self, sample: Sample, pred: torch.Tensor, scores: Scores | None = None) -> None:
         self.breakdown.update(pred, sample.label, sample.instances)
 
     def synchronize(self) -> None:
-        self.breakdown.matrices = dist.all_reduce_sum(self.breakdown.matrices)
-        self.breakdown.segments = dist.all_reduce_sum(self.breakdown.segments)
+        self.breakdown.synchronize()
 
     def results(self) -> dict:
         return {"size": self.breakdown.compute(self.class_names)}
 
 
+class BoundaryEvaluator:
+    """Boundary IoU per class, mBIoU and min(IoU, BIoU) (see ``segbench.metrics.boundary``);
+    the region IoU comes from ``confusion``, the segmentation evaluator's matrix."""
+
+    name = "boundary"
+
+    def __init__(self, class_names: tuple[str, ...], confusion: ConfusionMatrix,
+                 dilation_ratio: float = DILATION_RATIO):
+        self.class_names, self.confusion = class_names, confusion
+        self.state = BoundaryIoU(len(class_names), dilation_ratio)
+
+    def process(self, sample: Sample, pred: torch.Tensor, scores: Scores | None = None) -> None:
+        self.state.update(np.asarray(pred), sample.label)
+
+    def synchronize(self) -> None:
+        self.state.synchronize()
+
+    def results(self) -> dict:
+        return {"boundary": self.state.compute(self.class_names, self.confusion.compute()["IoU"])}
+
+
+class CalibrationEvaluator:
+    """ECE, NLL, Brier and misclassification detection from the protocol's probabilities
+    (see ``segbench.metrics.calibration``). Predictions without probabilities (PNG files)
+    leave it empty; its result is then None."""
+
+    name = "calibration"
+
+    def __init__(self, num_classes: int):
+        self.state = Calibration(num_classes)
+        self.scored: str | None = None  # which probabilities (single view or merged)
+
+    def process(self, sample: Sample, pred: torch.Tensor, scores: Scores | None = None) -> None:
+        if scores is not None:
+            update = self.state.update_logits if scores.are_logits else self.state.update_probabilities
+            update(scores.values, torch.from_numpy(sample.label), pred)
+            self.scored = scores.description
+
+    def synchronize(self) -> None:
+        self.state.synchronize()
+
+    def results(self) -> dict:
+        if self.scored is None:
+            return {"calibration": None}
+        return {"calibration": {"probabilities": self.scored, **self.state.compute()}}
+
+
 def standard_evaluators(dataset: SegDataset, size_breakdown: bool = True, bootstrap: int = 1000,
-                        seed: int = 0) -> list:
-    """The evaluators a record carries: dataset-level and per-image metrics, CIs, sizes."""
-    evaluators = [SegmentationEvaluator(dataset.num_classes, dataset.classes, bootstrap, seed)]
+                        seed: int = 0, boundary: bool = True, calibration: bool = True,
+                        boundary_dilation: float = DILATION_RATIO) -> list:
+    """The evaluators a record carries: dataset-level and per-image metrics, CIs, sizes,
+    boundary IoU, calibration and misclassification detection."""
+    segmentation = SegmentationEvaluator(dataset.num_classes, dataset.classes, bootstrap, seed)
+    evaluators = [segmentation]
     if size_breakdown:
         evaluators.append(SizeEvaluator(dataset.num_classes, dataset.classes, dataset.size_buckets))
+    if boundary:
+        evaluators.append(BoundaryEvaluator(dataset.classes, segmentation.confusion, boundary_dilation))
+    if calibration:
+        evaluators.append(CalibrationEvaluator(dataset.num_classes))
     return evaluators
 
 
@@ -176,17 +249,17 @@ def load_samples(dataset: SegDataset, indices, workers: int = 0,
 
 def run_evaluators(dataset: SegDataset, predict_one, evaluators: list, max_images: int | None = None,
                    progress=None, workers: int = 0, prepare: Callable | None = None) -> int:
-    """Feed ``predict_one(sample, prepare(sample))`` of each image to the evaluators; returns
-    the image count. ``workers``, ``prepare``: see ``load_samples``.
+    """Feed ``predict_one(sample, prepare(sample))`` -> (prediction, ``Scores`` or None) of
+    each image to the evaluators; returns the image count. ``workers``, ``prepare``: see ``load_samples``.
 
     Under torch.distributed the images are split over ranks (rank r takes r, r + W, ...)
     and each evaluator is synchronised with one collective per state.
     """
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     for sample, prepared in load_samples(dataset, dist.shard(count), workers, prepare):
-        pred = predict_one(sample, prepared)
+        pred, scores = predict_one(sample, prepared)
         for evaluator in evaluators:
-            evaluator.process(sample, pred)
+            evaluator.process(sample, pred, scores)
         if progress is not None:
             progress()
     for evaluator in evaluators:
@@ -211,16 +284,16 @@ def evaluate(model, dataset: SegDataset, protocol: Protocol, evaluators: list, d
     seconds: list[float] = []  # predict() time of each image of this process
     non_finite = 0
 
-    def predict_one(sample: Sample, views: list[np.ndarray]) -> torch.Tensor:
+    def predict_one(sample: Sample, views: list[np.ndarray]) -> tuple[torch.Tensor, Scores]:
         nonlocal non_finite
         synchronize(device)
         t0 = time.perf_counter()
-        logits = predict(net, sample.image, protocol, dataset.num_classes, device, views)
-        pred = logits.argmax(0).cpu()
+        scores = predict(net, sample.image, protocol, dataset.num_classes, device, views)
+        pred = scores.argmax(0).cpu()
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
-        non_finite += not bool(torch.isfinite(logits).all())
-        return pred
+        non_finite += not bool(torch.isfinite(scores).all())
+        return pred, Scores(scores, len(protocol.scales) * (2 if protocol.flip else 1))
 
     start = time.perf_counter()
     count = run_evaluators(dataset, predict_one, evaluators, max_images, progress, workers,
@@ -332,7 +405,7 @@ def score_predictions(dataset: SegDataset, folder: Path, evaluators: list, ids: 
         if pred.shape != sample.label.shape:
             raise DatasetError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} but the label of {sample.name} "
                                f"is {sample.label.shape[1]}x{sample.label.shape[0]}")
-        return torch.from_numpy(pred)
+        return torch.from_numpy(pred), None  # no probabilities in a PNG
 
     run_evaluators(dataset, load, evaluators, max_images, progress)
     return {"ids": ids, "ids_note": note, "images": count, "unlabelled_value": IGNORE_INDEX}

@@ -38,7 +38,7 @@ CNN_SLIDE = {"pascal_context": (480, 320)}
 def paper_protocol(info: ModelInfo, dataset, multi_scale: bool = False) -> Protocol:
     """The single-scale (or multi-scale + flip) test protocol of the model's paper on
     ``dataset`` (anything with ``kind`` and ``test_scale``)."""
-    kind = dataset.kind.removesuffix("_59")
+    kind = (dataset.protocol_kind or dataset.kind).removesuffix("_59")  # ACDC: a Cityscapes model's protocol
     rule = FAMILY_RULES.get(info.family, _model_default)
     protocol, ratios = rule(info, kind, dataset.test_scale, multi_scale)
     if protocol.mode == "slide" and info.test_stride:

@@ -10,13 +10,15 @@ evaluator; a model's argmax never produces them.
 
 A class absent from both ground truth and prediction over the split has an undefined IoU
 (NaN) and is left out of the means; a class predicted but never in the ground truth has
-IoU 0. Merging two states is adding their matrices, so distributed evaluation is one
-``all_reduce(SUM)``.
+IoU 0. The matrix is a summed state (``segbench.metrics.state``), so distributed
+evaluation is one ``all_reduce(SUM)``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from segbench.metrics.state import MetricState
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
@@ -78,29 +80,22 @@ def nanmean(values: np.ndarray) -> np.ndarray:
         return np.where(count > 0, np.where(defined, values, 0).sum(-1) / count, np.nan)
 
 
-class ConfusionMatrix:
-    """Metric state: ``update`` per image, ``compute`` at the end, ``merge`` across shards."""
+class ConfusionMatrix(MetricState):
+    """Metric state: ``update`` per image, ``compute`` at the end; the matrix sums across processes."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
+        super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.reset()
-
-    def reset(self) -> None:
-        self.matrix = np.zeros((self.num_classes, self.num_classes + 1), np.int64)
+        self.add_state("matrix", np.zeros((num_classes, num_classes + 1), np.int64), "sum")
 
     def update(self, pred, target) -> np.ndarray:
         """Add one image (or batch); returns that image's own (K, K + 1) counts."""
+        self._check_open()
         counts = confusion_counts(torch.as_tensor(pred), torch.as_tensor(target), self.num_classes,
                                   self.ignore_index).numpy()
         self.matrix += counts
         return counts
-
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
-        if other.num_classes != self.num_classes:
-            raise ValueError("cannot merge confusion matrices of different class counts")
-        self.matrix += other.matrix
-        return self
 
     def compute(self) -> dict[str, np.ndarray | float]:
         return scores_from_matrix(self.matrix)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from segbench.metrics.confusion import class_counts, confusion_counts, nanmean, scores_from_counts
+from segbench.metrics.state import MetricState
 
 BUCKET_NAMES = ("small", "medium", "large")
 
@@ -50,20 +51,19 @@ def label_segments(label: np.ndarray, instances: np.ndarray | None,
     return segments, areas
 
 
-class SizeBreakdown:
-    """Metric state: one (K, K + 1) confusion matrix per object-size bucket."""
+class SizeBreakdown(MetricState):
+    """Metric state: one (K, K + 1) confusion matrix per object-size bucket (summed across processes)."""
 
     def __init__(self, num_classes: int, thresholds: tuple[int, int] = (32 ** 2, 96 ** 2), ignore_index: int = 255):
         if len(thresholds) != len(BUCKET_NAMES) - 1 or list(thresholds) != sorted(thresholds):
             raise ValueError(f"size buckets need two increasing thresholds, got {thresholds}")
+        super().__init__()
         self.num_classes, self.thresholds, self.ignore_index = num_classes, tuple(thresholds), ignore_index
-        self.reset()
-
-    def reset(self) -> None:
-        self.matrices = np.zeros((len(BUCKET_NAMES), self.num_classes, self.num_classes + 1), np.int64)
-        self.segments = np.zeros(len(BUCKET_NAMES), np.int64)
+        self.add_state("matrices", np.zeros((len(BUCKET_NAMES), num_classes, num_classes + 1), np.int64), "sum")
+        self.add_state("segments", np.zeros(len(BUCKET_NAMES), np.int64), "sum")
 
     def update(self, pred, label: np.ndarray, instances: np.ndarray | None) -> None:
+        self._check_open()
         label = np.asarray(label)
         pred = torch.as_tensor(pred)
         segments, areas = label_segments(label, instances, self.ignore_index)
@@ -75,11 +75,6 @@ class SizeBreakdown:
                 self.matrices[b] += confusion_counts(pred[torch.from_numpy(inside)], torch.from_numpy(label[inside]),
                                                      self.num_classes, self.ignore_index).numpy()
                 self.segments[b] += len(np.unique(segments[inside]))
-
-    def merge(self, other: "SizeBreakdown") -> "SizeBreakdown":
-        self.matrices += other.matrices
-        self.segments += other.segments
-        return self
 
     def compute(self, class_names: tuple[str, ...] | None = None) -> dict:
         bounds = (0,) + self.thresholds + (None,)

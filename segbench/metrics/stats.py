@@ -23,30 +23,26 @@ import numpy as np
 from segbench.errors import SegbenchError
 from segbench.files import atomic_write
 from segbench.metrics.confusion import class_counts, nanmean, scores_from_counts
+from segbench.metrics.state import MetricState
 
 WORST_FRACTION = 0.1
 
 
-class PerImageCounts:
-    """Metric state: each image's [intersection, label area, predicted area] per class."""
+class PerImageCounts(MetricState):
+    """Metric state: each image's [intersection, label area, predicted area] per class
+    (gathered across processes, in dataset order)."""
 
     def __init__(self, num_classes: int):
+        super().__init__()
         self.num_classes = num_classes
-        self.reset()
-
-    def reset(self) -> None:
-        self.names: list[str] = []
-        self.rows: list[np.ndarray] = []
+        self.add_state("names", [], "gather")
+        self.add_state("rows", [], "gather")
 
     def update(self, image_matrix: np.ndarray, name: str) -> None:
         """Add one image from its own (K, K + 1) confusion counts."""
+        self._check_open()
         self.names.append(name)
         self.rows.append(class_counts(image_matrix).astype(np.int64))
-
-    def merge(self, other: "PerImageCounts") -> "PerImageCounts":
-        self.names += other.names
-        self.rows += other.rows
-        return self
 
     @property
     def counts(self) -> np.ndarray:

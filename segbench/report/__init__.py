@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from segbench.report import robustness
+from segbench.report.calibration import quality_section, shift_section
 from segbench.report.document import Figure, Section, latex_document, markdown, write_tables
 from segbench.report.html import page
 from segbench.report.papers import paper_tables
@@ -54,8 +55,9 @@ def summary(records: list[dict], results_dir: Path) -> str:
 
 def build(records: list[dict], results_dir: Path, out: Path) -> list[Section]:
     sections = [accuracy_section(records, out), paper_section(records), efficiency_section(records),
-                size_section(records, out), per_class_section(records), qualitative_section(records, results_dir, out),
-                *robustness.sections(records, results_dir, out), training_section(records), failed_section(records)]
+                size_section(records, out), quality_section(records, out), per_class_section(records),
+                qualitative_section(records, results_dir, out), *robustness.sections(records, results_dir, out),
+                shift_section(records), training_section(records), failed_section(records)]
     return [s for s in sections if s is not None]
 
 

@@ -47,7 +47,7 @@ class PreviewWriter:
         self.own = Path("previews") / job_id  # this job's predictions
         self.written: list[dict] = []
 
-    def process(self, sample, pred) -> None:
+    def process(self, sample, pred, scores=None) -> None:
         if len(self.written) >= self.count:
             return
         stem = sample.name.replace("/", "_")
