@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from segbench.report.document import Figure, Section  # noqa: E402
+from segbench.report.plots import save_figure  # noqa: E402
 from segbench.report.tables import Table, finished, number, protocol_of  # noqa: E402
 from segbench.robustness.corruptions import CorruptionError  # noqa: E402
 from segbench.robustness.sweep import collect_sweeps  # noqa: E402
@@ -63,10 +64,7 @@ def reliability_plot(records: list[dict], title: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7, loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def quality_section(records: list[dict], out: Path) -> Section | None:

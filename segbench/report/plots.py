@@ -12,9 +12,10 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a report figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -34,7 +35,7 @@ def miou_bars(table: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("mIoU (%)")
     ax.set_title("Dataset-level mIoU")
     ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tradeoff_plot(points: pd.DataFrame, x: str, xlabel: str, title: str, path: Path) -> Path:
@@ -57,7 +58,7 @@ def tradeoff_plot(points: pd.DataFrame, x: str, xlabel: str, title: str, path: P
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def size_bars(table: pd.DataFrame, path: Path) -> Path:
@@ -75,7 +76,7 @@ def size_bars(table: pd.DataFrame, path: Path) -> Path:
     ax.set_title("mIoU by object size")
     ax.legend(frameon=False, title="objects")
     ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def overlay_grid(rows: list[dict], models: list[str], path: Path) -> Path:
@@ -99,4 +100,4 @@ def overlay_grid(rows: list[dict], models: list[str], path: Path) -> Path:
             if r == 0:
                 ax.set_title(columns[c], fontsize=8)
         axes[r][0].set_ylabel(row["name"], fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

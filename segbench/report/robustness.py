@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from segbench.report.document import Figure, Section  # noqa: E402
+from segbench.report.plots import save_figure  # noqa: E402
 from segbench.report.tables import Table  # noqa: E402
 from segbench.robustness.corruptions import CORRUPTION_GROUPS, GROUP_OF, CorruptionError  # noqa: E402
 from segbench.robustness.scores import MIN_REFERENCE_DROP  # noqa: E402
@@ -96,10 +97,7 @@ def severity_plot(sweep: Sweep, scores: dict[str, dict], path: Path) -> Path:
         ax.spines[["top", "right"]].set_visible(False)
     axes[0][0].set_ylabel("mIoU (%)")
     axes[0][-1].legend(frameon=False, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def grid_plot(images: list[tuple[str, Path]], path: Path, columns: int = 6) -> Path:
@@ -113,10 +111,7 @@ def grid_plot(images: list[tuple[str, Path]], path: Path, columns: int = 6) -> P
         with Image.open(image) as im:
             ax.imshow(im.convert("RGB"))
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def grid_images(sweep: Sweep) -> list[tuple[str, Path]]:
