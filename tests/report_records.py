@@ -31,8 +31,8 @@ def eval_record(job_id: str, model: str, arch: str, miou: float, dataset: str = 
                                   "segments": 5, "classes_present": 3}}}
     config = {"arch": arch, "num_classes": len(classes), "dataset": {"kind": dataset, "root": None, "options": {}},
               "eval": {"dataset": dataset, "split": "val", "protocol": protocol}}
-    return new_record(job_id, "fake", "eval", model=model, arch=arch, config=config, dataset=f"{dataset}/val",
-                      split="val", protocol_name=protocol, protocol={"mode": "whole"}, metrics=metrics,
+    return new_record(job_id, "fake", "eval", model=model, arch=arch, config=config, dataset=dataset, split="val",
+                      protocol_name=protocol, protocol={"mode": "whole"}, metrics=metrics,
                       timings={"images": 100, "total_seconds": 2.0, "model_seconds": 1.0,
                                "images_per_second": images_per_second},
                       status="ok", finished="2026-01-01T00:00:01+00:00", env=ENV, **extra)
@@ -62,7 +62,7 @@ def profile_record(job_id: str, model: str, arch: str, size=(128, 128), latency:
 
 def train_record(job_id: str, model: str, arch: str) -> dict:
     return new_record(job_id, "fake", "train", model=model, arch=arch, config={"arch": arch}, status="ok",
-                      dataset="synthetic/train", recipe={"name": "scratch", "iters": 800, "batch_size": 8},
+                      dataset="synthetic", split="train", recipe={"name": "scratch", "iters": 800, "batch_size": 8},
                       metrics={"final_loss": 0.9, "first_loss": 2.2}, timings={"seconds": 60.0},
                       finished="2026-01-01T00:00:00+00:00", env=ENV)
 

@@ -18,7 +18,7 @@ from segbench.report.html import page
 from segbench.report.papers import paper_tables
 from segbench.report.plots import miou_bars, overlay_grid, size_bars, tradeoff_plot
 from segbench.report.tables import (Table, accuracy_cost_table, accuracy_table, common_input_size,
-                                    evaluated_profiles, finished, per_class_tables, profile_of, profile_table,
+                                    dataset_split, evaluated_profiles, finished, per_class_tables, profile_of, profile_table,
                                     protocol_of, size_buckets_text, size_table, training_table)
 from segbench.results import now, scan_records
 
@@ -84,14 +84,14 @@ def tradeoff_figures(records: list[dict], out: Path) -> list[Figure]:
     """mIoU vs GMACs and vs images/s per dataset (single scale), as Segmenter Fig. 4 / SegFormer Fig. 1,
     with every model's cost at one input size: the one most of their profiles share."""
     figures = []
-    datasets = list(dict.fromkeys(r["dataset"] for r in finished(records, "eval")))
+    datasets = list(dict.fromkeys(dataset_split(r) for r in finished(records, "eval")))
     for dataset in datasets:
         profiles = evaluated_profiles(records, dataset)
         size = common_input_size(profiles)
         points = []
         for r in finished(records, "eval"):
             profile = profile_of(profiles, r["model"], r.get("arch"), size)
-            if r["dataset"] == dataset and protocol_of(r) == "single_scale" and profile:
+            if dataset_split(r) == dataset and protocol_of(r) == "single_scale" and profile:
                 m = profile["metrics"]
                 points.append({"model": r["model"], "arch": r.get("arch"), "mIoU": r["metrics"]["mIoU"],
                                "GMACs": (m.get("macs") or float("nan")) / 1e9,
@@ -176,7 +176,7 @@ def qualitative_section(records: list[dict], results_dir: Path, out: Path) -> Se
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in finished(records, "eval"):
         if r.get("previews"):
-            groups.setdefault((r["dataset"], protocol_of(r)), []).append(r)
+            groups.setdefault((dataset_split(r), protocol_of(r)), []).append(r)
     figures = []
     for i, ((dataset, protocol), group) in enumerate(groups.items()):
         models = list(dict.fromkeys(r["model"] for r in group))

@@ -54,10 +54,15 @@ def profile_of(profiles: list[dict], model: str, arch: str, size: tuple[int, int
     return matches[-1] if matches else None
 
 
+def dataset_split(record: dict) -> str:
+    """How reports name an evaluation's data: "ade20k/val", "acdc/fog/val"."""
+    return f"{record['dataset']}/{record['split']}" if record.get("split") else record["dataset"]
+
+
 def evaluated_profiles(records: list[dict], dataset: str | None = None) -> list[dict]:
-    """Profile records of the models evaluated (on ``dataset``, a record's "kind/split" name, if given)."""
+    """Profile records of the models evaluated (on ``dataset``, a ``dataset_split`` name, if given)."""
     evaluated = {(r["model"], r.get("arch")) for r in finished(records, "eval")
-                 if dataset is None or r["dataset"] == dataset}
+                 if dataset is None or dataset_split(r) == dataset}
     return [p for p in finished(records, "profile") if (p["model"], p.get("arch")) in evaluated]
 
 
@@ -80,7 +85,7 @@ def accuracy_table(records: list[dict]) -> pd.DataFrame:
     for r in finished(records, "eval"):
         m = r["metrics"]
         ci, per_image = m.get("mIoU_ci") or {}, m.get("per_image") or {}
-        rows.append({"model": r["model"], "arch": r.get("arch"), "dataset": r["dataset"], "protocol": protocol_of(r),
+        rows.append({"model": r["model"], "arch": r.get("arch"), "dataset": dataset_split(r), "protocol": protocol_of(r),
                      "mIoU": number(m.get("mIoU")), "CI low": number(ci.get("low")), "CI high": number(ci.get("high")),
                      "mAcc": number(m.get("mAcc")), "aAcc": number(m.get("aAcc")),
                      "per-image mIoU": number(per_image.get("mIoU_mean")),
@@ -96,13 +101,13 @@ def accuracy_cost_table(records: list[dict]) -> pd.DataFrame:
     profiles of the models evaluated on that dataset share (else the model's latest)."""
     rows = []
     for r in finished(records, "eval"):
-        profiles = evaluated_profiles(records, r["dataset"])
+        profiles = evaluated_profiles(records, dataset_split(r))
         profile = (profile_of(profiles, r["model"], r.get("arch"), common_input_size(profiles))
                    or profile_of(profiles, r["model"], r.get("arch"), None))
         if profile is None:
             continue
         cost = profile["metrics"]
-        rows.append({"model": r["model"], "dataset": r["dataset"], "protocol": protocol_of(r),
+        rows.append({"model": r["model"], "dataset": dataset_split(r), "protocol": protocol_of(r),
                      "mIoU": number(r["metrics"].get("mIoU")), "profiled at": "{}×{}".format(*input_size(profile)),
                      "params (M)": millions(cost.get("params")), "GMACs": giga(cost.get("macs")),
                      "latency (ms)": number(cost.get("latency_ms")), "images/s": number(cost.get("images_per_second"))})
@@ -138,7 +143,7 @@ def size_table(records: list[dict]) -> pd.DataFrame:
         size = r["metrics"].get("size")
         if not size:
             continue
-        row = {"model": r["model"], "dataset": r["dataset"], "protocol": protocol_of(r)}
+        row = {"model": r["model"], "dataset": dataset_split(r), "protocol": protocol_of(r)}
         for bucket, b in size.items():
             row[f"{bucket} mIoU"] = number(b.get("mIoU"))
         for bucket, b in size.items():
@@ -164,7 +169,7 @@ def per_class_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
     for r in finished(records, "eval"):
         ious = r["metrics"].get("IoU")
         if ious:
-            tables.setdefault(r["dataset"], {})[f"{r['model']} ({protocol_of(r)})"] = ious
+            tables.setdefault(dataset_split(r), {})[f"{r['model']} ({protocol_of(r)})"] = ious
     out = {}
     for dataset, columns in tables.items():
         frame = pd.DataFrame({name: {c: number(v) for c, v in ious.items()} for name, ious in columns.items()})
