@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segbench.errors import SegbenchError
+from segbench.sharding import DEFAULT_WAIT_SECONDS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,18 +81,20 @@ def _summary_table(records: list[dict]) -> Table:
 
 def cmd_run(args) -> int:
     from segbench import report
-    from segbench.runner import check_inputs, plan, run_suite, shard_jobs
+    from segbench.runner import check_inputs, plan, run_suite
+    from segbench.sharding import shard_jobs
     from segbench.suite import load_suite
 
     suite = load_suite(args.suite)
-    problems = check_inputs(suite, shard_jobs(suite, plan(suite), *args.shard))
+    problems = check_inputs(suite, shard_jobs(plan(suite), *args.shard))
     if problems:
         raise UsageError("\n".join(problems))
     console = _console()
     with _progress(console, not args.json) as progress:
-        records = run_suite(suite, force=args.force, shard=args.shard, console=console, progress=progress)
+        records = run_suite(suite, force=args.force, shard=args.shard, console=console, progress=progress,
+                            wait_timeout=args.wait_timeout)
     report_files = []
-    if suite.report and not args.no_report:
+    if suite.report and not args.no_report and args.shard[1] == 1:  # shards: `segbench report` once all finish
         report_files = report.render(suite.results_dir, suite.report)
     failed = [r for r in records if r["status"] != "ok"]
     if args.json:
@@ -562,7 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every job of a suite file (skips finished ones)")
     p.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
     p.add_argument("--force", action="store_true", help="redo finished jobs")
-    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N", help="run the jobs of every N-th model")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N",
+                   help="run every N-th job (by id) of each kind, e.g. one SLURM array task; shards share the "
+                        "results folder; no report (run `segbench report` once all shards finished)")
+    p.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_SECONDS, metavar="SECONDS",
+                   help="how long a job waits for its training job's record from another shard (default 48 h)")
     p.add_argument("--no-report", action="store_true", help="skip the report named in the suite")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.set_defaults(func=cmd_run)

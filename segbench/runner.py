@@ -6,8 +6,8 @@ a changed setting gets a new id. A failing job becomes an error record and the s
 goes on; a record is written atomically when its job ends, so Ctrl-C or a crash loses
 nothing already finished.
 
-``--shard i/N`` keeps the jobs of every N-th *model* (in suite order): a model's
-evaluations need its training job, so they stay on the shard that trains it.
+``--shard i/N`` deals the jobs out by id (segbench.sharding); a job whose training job
+runs on another shard waits for that job's record in the shared results folder.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from segbench.report.previews import PreviewWriter
 from segbench.results import environment, file_sha256, new_record, now, read_record, record_path, write_json_atomic
 from segbench.robustness.corruptions import corruption_grid, grid_cells
 from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
+from segbench.sharding import DEFAULT_WAIT_SECONDS, shard_jobs, trained_elsewhere, training_checkpoint
 from segbench.suite import EvalSpec, Suite, locate, missing_files
 
 
@@ -127,11 +128,6 @@ def _model_config(suite: Suite, key: str, dataset: str, train_ids: dict[str, str
             "dataset": asdict(suite.datasets[dataset])}
 
 
-def shard_jobs(suite: Suite, jobs: list[Job], index: int, count: int) -> list[Job]:
-    models = list(suite.models)
-    return [job for job in jobs if models.index(job.model) % count == index]
-
-
 def check_inputs(suite: Suite, jobs: list[Job]) -> list[str]:
     """Every missing or malformed input of these jobs (checkpoint files, dataset folders),
     found before any job runs, each message located in the suite file."""
@@ -214,12 +210,13 @@ class Runner:
         return None if report is None else {"format": report.format, "complete": report.complete,
                                             "summary": report.summary(), "notes": report.notes}
 
+    # training job id -> the shard that runs it, for the jobs of this shard that wait for it (run_suite)
+    trained_elsewhere: dict[str, str] = {}
+    wait_timeout: float = DEFAULT_WAIT_SECONDS
+
     def checkpoint_path_of(self, job: Job) -> Path:
-        record = read_record(record_path(self.results_dir, job.needs))
-        if not record or record.get("status") != "ok":
-            raise RuntimeError(f"training job {job.needs} of model {job.model!r} did not finish; "
-                               "its record says why")
-        return Path(record["checkpoint"])
+        return training_checkpoint(self.results_dir, job.needs, job.model, self.trained_elsewhere.get(job.needs),
+                                   self.wait_timeout)
 
     def protocol_for(self, model, dataset, spec: dict) -> Protocol:
         protocol = paper_protocol(model.info, dataset, multi_scale=spec["protocol"] == "multi_scale")
@@ -328,13 +325,15 @@ def eval_record(path: Path, dataset, split: str, run: dict, metrics: dict, per_i
 
 
 def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1), console=None,
-              progress=None) -> list[dict]:
+              progress=None, wait_timeout: float = DEFAULT_WAIT_SECONDS) -> list[dict]:
     """Run (or skip, if finished) every job of this shard; returns their records."""
     device = resolve_device(suite.device)
     dist.init_from_env(device)
     results_dir = suite.results_dir
-    jobs = shard_jobs(suite, plan(suite), *shard)
+    planned = plan(suite)
+    jobs = shard_jobs(planned, *shard)
     runner = Runner(suite, device, results_dir, console, progress)
+    runner.trained_elsewhere, runner.wait_timeout = trained_elsewhere(planned, *shard), wait_timeout
     overall = progress.add_task("jobs", total=len(jobs)) if progress else None
     records = []
     for job in jobs:
