@@ -320,7 +320,7 @@ def cmd_corrupt(args) -> int:
     with _progress(console, not args.json) as progress:
         task = progress.add_task(f"corrupt {args.dataset} ({args.split})", total=None)
         summary = generate(args.dataset, args.split, args.root, args.out, grid, workers=args.workers,
-                           max_images=args.max_images,
+                           max_images=args.max_images, shard=args.shard,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if args.json:
         _print_json(summary)
@@ -329,7 +329,7 @@ def cmd_corrupt(args) -> int:
         console.print(f"{summary['written']} images written, {summary['skipped']} already done, "
                       f"{summary['outputs']} in all ({summary['images']} images x {len(grid)} corruptions x "
                       f"their severities) in {summary['seconds']:.1f} s ({rate:.2f} images/s, "
-                      f"{summary['workers']} workers): {summary['out']}/manifest.json")
+                      f"{summary['workers']} workers): {summary['manifest']}")
     return EXIT_OK
 
 
@@ -672,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "noise never above 3)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--max-images", type=int, help="only the first N images of the split")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N",
+                   help="only every N-th image (by id), listed in OUT/manifest.part-i-of-N.json; shards share OUT; "
+                        "a run without --shard afterwards folds the parts into OUT/manifest.json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_corrupt)
 
