@@ -19,21 +19,27 @@ computing something else.
   per second of the loop (reading, predicting, metrics), and the time of ``predict`` next to
   the sum of the model's forward passes inside it (timed one by one): what resizing,
   windows, flips and merging add.
+- Scale (segbench.bench_pipeline): the whole evaluation loop against mmsegmentation 1.2.2's
+  with the same weights, corruption generation against a plain imagecorruptions loop, and
+  peak memory of a 100- and a 2000-image evaluation.
 
 Weights are random: no number here depends on their values.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segbench.bench_pipeline import bench_scale
 from segbench.data.datasets import Synthetic
 from segbench.engine.evaluate import evaluate, paper_protocol, standard_evaluators
 from segbench.engine.inference import AMP_DTYPES
@@ -65,11 +71,16 @@ class Settings:
     amp: str | None = None
     compile: bool = False
     matmul_size: int | None = None  # default: 2048 on CPU, 8192 on CUDA
+    scale: bool = True  # the bench_pipeline measurements (mmseg loop, corruption generation, memory)
+    scale_images: int = 2  # ADE-like images per mmseg-comparison loop and per corruption run
+    scale_rounds: int = 3
+    quick: bool = False
 
 
 def quick_settings(**overrides) -> Settings:
     """Small enough for a CPU in about a minute: 256 x 256, 3 rounds, micro pipelines."""
-    return Settings(**{"size": 256, "rounds": 3, "images": 2, "pipeline_models": QUICK_PIPELINE_MODELS, **overrides})
+    return Settings(**{"size": 256, "rounds": 3, "images": 2, "pipeline_models": QUICK_PIPELINE_MODELS, "quick": True,
+                       **overrides})
 
 
 def _sync(device: torch.device) -> None:
@@ -297,8 +308,12 @@ def run_bench(settings: Settings, progress=None) -> dict:
     for name in settings.pipeline_models:
         step(f"evaluation pipeline: {name}")
         pipelines.append(bench_pipeline(name, settings))
+    scale = None
+    if settings.scale:
+        with tempfile.TemporaryDirectory() as folder:
+            scale = bench_scale(Path(folder), settings.quick, settings.scale_images, settings.scale_rounds, step)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         (platform.processor() or platform.machine())
     return {"settings": asdict(settings), "torch": torch.__version__, "device_name": device_name,
             "threads": torch.get_num_threads(), "load_average": {"before": load_before, "after": os.getloadavg()},
-            "matmul": rate, "comparisons": comparisons, "pipelines": pipelines}
+            "matmul": rate, "comparisons": comparisons, "pipelines": pipelines, "scale": scale}

@@ -30,6 +30,7 @@ is the median over rounds of mmseg's seconds / segbench's, with min and max.
 from __future__ import annotations
 
 import importlib.machinery
+import os
 import re
 import sys
 import time
@@ -413,3 +414,146 @@ def bench_against_mmseg(folder: Path, settings: PipelineSettings, progress=None)
     stride = QUICK_WINDOW * 2 // 3 if settings.quick else protocol.stride
     results.append(compare("segmenter_t16_mask", ours, mmseg_segmenter(ours, window, stride), city, settings))
     return {"mmseg": mmseg.__version__, "comparisons": results}
+
+
+# --------------------------------------------------------------------------- corruption generation
+
+
+CORRUPTION_BENCH_SEVERITY = 3  # one severity of every corruption: the grid's mix of costs
+
+
+def _plain_corruption_loop(images: list[np.ndarray], grid: list[tuple[str, int]]) -> float:
+    """imagecorruptions.corrupt on decoded images, results discarded: the library's own cost."""
+    from imagecorruptions import corrupt
+
+    start = time.perf_counter()
+    for image in images:
+        for corruption, severity in grid:
+            corrupt(image, severity=severity, corruption_name=corruption)
+    return time.perf_counter() - start
+
+
+def png_encoding(images: list[np.ndarray], levels=(1, 6)) -> dict:
+    """Seconds and bytes of Pillow's PNG encoder per image at each zlib level (the manifest's
+    ``png_compress_level``), on corrupted images: what the encoder setting costs and saves."""
+    import io
+
+    out = {}
+    for level in levels:
+        seconds, size = 0.0, 0
+        for image in images:
+            buffer = io.BytesIO()
+            start = time.perf_counter()
+            Image.fromarray(image).save(buffer, format="PNG", compress_level=level)
+            seconds += time.perf_counter() - start
+            size += buffer.tell()
+        out[str(level)] = {"seconds_per_image": seconds / len(images), "bytes_per_image": size / len(images)}
+    return out
+
+
+def bench_corruption(folder: Path, images: int = 2, shape: tuple[int, int] = (512, 1024), rounds: int = 3,
+                     corruptions=None) -> dict:
+    """``segbench corrupt`` (1 and 2 workers) against the plain loop on the same decoded
+    images, in interleaved rounds; each run writes a fresh folder."""
+    from segbench.robustness.corruptions import CORRUPTIONS, PNG_COMPRESS_LEVEL, corrupt_image, generate
+
+    names = tuple(corruptions or CORRUPTIONS)
+    root = write_ade_like(folder / "source", images, shape)
+    dataset = build_dataset("synthetic", "val", str(root))
+    decoded = [dataset[i].image for i in range(len(dataset))]
+    cells = [(name, CORRUPTION_BENCH_SEVERITY) for name in names]
+    grid = {name: (CORRUPTION_BENCH_SEVERITY,) for name in names}
+    seconds = {"plain": [], "workers_1": [], "workers_2": []}
+    cpu = {"workers_1": [], "workers_2": []}
+    for r in range(rounds):
+        order = list(seconds) if r % 2 == 0 else list(reversed(seconds))
+        for side in order:
+            if side == "plain":
+                seconds[side].append(_plain_corruption_loop(decoded, cells))
+                continue
+            workers = int(side[-1])
+            out = folder / f"out-{r}-{workers}"
+            before = _children_cpu() + time.process_time()
+            seconds[side].append(generate("synthetic", "val", str(root), out, grid, workers=workers)["seconds"])
+            cpu[side].append(_children_cpu() + time.process_time() - before)
+    median = {k: float(np.median(v)) for k, v in seconds.items()}
+    outputs = images * len(cells)
+    samples = [corrupt_image(decoded[0], "png", name, CORRUPTION_BENCH_SEVERITY) for name in names]
+    return {"images": images, "image_size": list(shape), "corruptions": list(names),
+            "severity": CORRUPTION_BENCH_SEVERITY, "outputs": outputs, "rounds": rounds,
+            "images_per_second": {k: outputs / v for k, v in median.items()},
+            "overhead": median["workers_1"] / median["plain"] - 1,
+            "overhead_per_round": [a / b - 1 for a, b in zip(seconds["workers_1"], seconds["plain"])],
+            "two_workers_speedup": median["workers_1"] / median["workers_2"],
+            "seconds": seconds, "cpu_seconds": cpu, "png_compress_level": PNG_COMPRESS_LEVEL,
+            "png_encoding": png_encoding(samples), "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory_child(count: int, image_size: int, folder: str) -> None:
+    """One evaluation (micro model, synthetic set in memory; size breakdown, bootstrap and
+    per-image counts on), its per-image file and record written; prints peak RSS as JSON."""
+    import json
+    import resource
+
+    from segbench.data.datasets import Synthetic
+    from segbench.engine.evaluate import collect_results, standard_evaluators
+    from segbench.metrics.stats import save_per_image
+    from segbench.results import write_json_atomic
+
+    torch.manual_seed(0)
+    dataset = Synthetic("val", num_images=count, image_size=image_size)
+    model = create_model("segformer_micro", num_classes=dataset.num_classes).eval()
+    evaluators = standard_evaluators(dataset, size_breakdown=True, bootstrap=1000)
+    evaluate(model, dataset, paper_protocol(model.info, dataset), evaluators)
+    per_image = Path(folder) / f"{count}.per_image.npz"
+    save_per_image(per_image, evaluators[0].per_image, dataset.classes)
+    record = Path(folder) / f"{count}.json"
+    write_json_atomic(record, {"metrics": collect_results(evaluators)})
+    print(json.dumps({"images": count, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "per_image_file_bytes": per_image.stat().st_size, "record_bytes": record.stat().st_size}))
+
+
+def bench_memory(folder: Path, counts: tuple[int, int] = (100, 2000), image_size: int = 64) -> dict:
+    """Peak RSS of the same evaluation at two image counts, each in a fresh process."""
+    import json
+    import subprocess
+
+    runs = []
+    for count in counts:
+        code = f"from segbench.bench_pipeline import memory_child; memory_child({count}, {image_size}, {str(folder)!r})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    small, large = runs
+    extra = large["images"] - small["images"]
+    return {"image_size": image_size, "runs": runs, "ratio": large["peak_rss_bytes"] / small["peak_rss_bytes"],
+            "rss_bytes_per_image": (large["peak_rss_bytes"] - small["peak_rss_bytes"]) / extra,
+            "per_image_file_bytes_per_image": large["per_image_file_bytes"] / large["images"],
+            "record_bytes_per_image": (large["record_bytes"] - small["record_bytes"]) / extra}
+
+
+# --------------------------------------------------------------------------- all three, for `segbench bench`
+
+
+def bench_scale(folder: Path, quick: bool = False, images: int = 2, rounds: int = 3, progress=None) -> dict:
+    """The pipeline against mmseg, corruption generation and memory, as ``segbench bench``
+    prints them. ``images``: ADE-like images per loop (the Cityscapes-size one is 1) and
+    images per corruption run. ``quick``: tiny sizes, for checking the structure only."""
+    step = progress or (lambda text: None)
+    pipeline = quick_pipeline_settings() if quick else PipelineSettings(ade_images=images, rounds=rounds)
+    out = {"mmseg_pipeline": bench_against_mmseg(folder / "mmseg", pipeline, step)}
+    step("corruption generation against imagecorruptions")
+    out["corruption"] = bench_corruption(folder / "corrupt", 1 if quick else images, (48, 96) if quick else (512, 1024),
+                                         1 if quick else rounds, ("contrast", "gaussian_noise") if quick else None)
+    step("peak memory against the image count")
+    out["memory"] = bench_memory(folder / "memory", (10, 40) if quick else (100, 2000), 32 if quick else 64)
+    return out

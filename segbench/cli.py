@@ -416,13 +416,16 @@ def cmd_bench(args) -> int:
 
     overrides = {k: v for k, v in {"size": args.size, "rounds": args.rounds, "calls": args.calls,
                                    "images": args.images}.items() if v is not None}
-    if any(v < 1 for v in overrides.values()):
-        raise UsageError("segbench bench: --size, --rounds, --calls and --images must be at least 1")
+    if any(v < 1 for v in [*overrides.values(), args.scale_images, args.scale_rounds]):
+        raise UsageError("segbench bench: --size, --rounds, --calls, --images, --scale-images and --scale-rounds "
+                         "must be at least 1")
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    common = {"device": device, "workers": args.workers, "amp": args.amp, "compile": args.compile, **overrides}
+    common = {"device": device, "workers": args.workers, "amp": args.amp, "compile": args.compile,
+              "scale": not args.no_scale, "scale_images": args.scale_images, "scale_rounds": args.scale_rounds,
+              **overrides}
     settings = quick_settings(**common) if args.quick else Settings(**common)
     console = _console()
     with console.status("bench", spinner="dots") if not args.json else contextlib.nullcontext() as status:
@@ -471,7 +474,54 @@ def cmd_bench(args) -> int:
                           f"{r['forward_images_per_second']:.2f}", f"{r['forwards_per_image']:.0f}",
                           f"+{_percent(r['overhead'])} [{_percent(r['overhead_min'])}-{_percent(r['overhead_max'])}]")
     out.print(table)
+    if result["scale"]:
+        _print_scale(out, result["scale"])
     return EXIT_OK
+
+
+def _spread(r: dict) -> str:
+    return f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]"
+
+
+def _print_scale(out, scale: dict) -> None:
+    mm = scale["mmseg_pipeline"]
+    if "skipped" in mm:
+        out.print(f"evaluation loop against mmsegmentation: skipped: {mm['skipped']}", highlight=False)
+    else:
+        table = Table(title=f"whole evaluation loop (PNG files to confusion matrix), segbench against mmsegmentation "
+                            f"{mm['mmseg']}, same weights, interleaved rounds")
+        for column in ("model", "images", "protocol", "segbench images/s", "mmseg images/s", "speed-up [min-max]",
+                       "same pixels", "max |Δ prob|"):
+            table.add_column(column, justify="left" if column in ("model", "images", "protocol") else "right")
+        for c in mm["comparisons"]:
+            for name in ("single_scale", "multi_scale"):
+                if name not in c:
+                    continue
+                r = c[name]
+                diff = r.get("max_probability_difference")
+                table.add_row(c["model"], f"{c['images']} x {c['image_size'][0]}x{c['image_size'][1]}", r["protocol"],
+                              f"{r['ours_images_per_second']:.3f}", f"{r['mmseg_images_per_second']:.3f}",
+                              _spread(r["speedup"]), f"{100 * r['pixel_agreement']:.2f} %",
+                              "—" if diff is None else f"{diff:.1e}")
+        out.print(table)
+    c = scale["corruption"]
+    ips = c["images_per_second"]
+    png = ", ".join(f"level {k}: {v['seconds_per_image'] * 1e3:.0f} ms, {v['bytes_per_image'] / 1e6:.2f} MB"
+                    for k, v in c["png_encoding"].items())
+    out.print(f"corruption generation ({c['images']} images {c['image_size'][0]}x{c['image_size'][1]} x "
+              f"{len(c['corruptions'])} corruptions at severity {c['severity']}, median of {c['rounds']} rounds): plain "
+              f"imagecorruptions loop {ips['plain']:.2f} images/s, segbench corrupt {ips['workers_1']:.2f} (1 worker, "
+              f"overhead {_percent(c['overhead'])}), {ips['workers_2']:.2f} (2 workers, "
+              f"{c['two_workers_speedup']:.2f}x one worker; {c['cpu_count']} cores, load average "
+              f"{c['load_average'][0]:.1f}); PNG per image ({png}), the manifest's level {c['png_compress_level']}",
+              highlight=False)
+    m = scale["memory"]
+    small, large = m["runs"]
+    out.print(f"peak memory (RSS, fresh processes, size breakdown + bootstrap + per-image counts): "
+              f"{small['images']} images {small['peak_rss_bytes'] / 2**20:.0f} MiB, {large['images']} images "
+              f"{large['peak_rss_bytes'] / 2**20:.0f} MiB (x{m['ratio']:.3f}, {m['rss_bytes_per_image'] / 1024:.1f} KiB "
+              f"per image); per-image file {m['per_image_file_bytes_per_image']:.0f} B per image, record "
+              f"{m['record_bytes_per_image']:.1f} B per image", highlight=False)
 
 
 def cmd_report(args) -> int:
@@ -721,6 +771,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data-loading workers in the pipeline runs (default 0)")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast both sides (and the matrix product's dtype)")
     p.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    p.add_argument("--no-scale", action="store_true", help="skip the loop against mmsegmentation, corruption "
+                                                            "generation and memory measurements")
+    p.add_argument("--scale-images", type=int, default=2, help="ADE-like images per loop against mmsegmentation "
+                                                               "and per corruption run (default 2)")
+    p.add_argument("--scale-rounds", type=int, default=3, help="interleaved rounds of those comparisons (default 3)")
     p.add_argument("--out", metavar="BENCH.json", help="also write the results as JSON")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)
