@@ -30,6 +30,7 @@ the end), so an interrupted generation resumes without redoing finished images.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -61,7 +62,11 @@ GROUP_OF = {name: group for group, names in CORRUPTION_GROUPS.items() for name i
 SEEDED_BY_ARGUMENT = ("impulse_noise", "glass_blur")  # imagecorruptions-imaug's seed= argument
 SEED_RULE = 'int.from_bytes(sha256(f"{image_id}/{corruption}/{severity}".encode()).digest()[:4], "big")'
 MANIFEST_FORMAT = 1
-PNG_COMPRESS_LEVEL = 6  # Pillow's default; stored in the manifest since it changes the bytes
+# zlib level of the PNGs; stored in the manifest since it changes the bytes. Measured on
+# 1024x2048 corrupted images (one of each corruption, severity 3): Pillow's default 6 took
+# about 0.7x as long as the corruptions themselves, level 1 a quarter of that, for files
+# about 10 % larger (`segbench bench` prints both levels' cost, README "Scale").
+PNG_COMPRESS_LEVEL = 1
 
 
 class CorruptionError(SegbenchError, ValueError):
@@ -221,9 +226,13 @@ def _check_compatible(old: dict, new: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- generation
 
 
-def _write_png_atomic(path: Path, image: np.ndarray) -> None:
+def _write_png_atomic(path: Path, image: np.ndarray) -> str:
+    """Encode, write atomically; the sha256 of the bytes written (no second read of the file)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     with atomic_write(path) as f:
-        Image.fromarray(image).save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        f.write(buffer.getbuffer())
+    return hashlib.sha256(buffer.getbuffer()).hexdigest()
 
 
 def _link(source: Path, target: Path) -> None:
@@ -262,8 +271,8 @@ def _corrupt_to_file(task: tuple[int, str, str, int, str]) -> tuple[str, str, st
     if _worker_image is None or _worker_image[0] != index:  # tasks come grouped by image
         image = _worker_dataset[index].image
         _worker_image = (index, image, pixels_sha256(image))
-    _write_png_atomic(Path(path), corrupt_image(_worker_image[1], name, corruption, severity))
-    return path, file_sha256(path), _worker_image[2]
+    sha = _write_png_atomic(Path(path), corrupt_image(_worker_image[1], name, corruption, severity))
+    return path, sha, _worker_image[2]
 
 
 def _source_root(kind: str, split: str, root: str | None, out: Path, options: dict,
