@@ -26,6 +26,11 @@ PNG because JPEG encoding differs between libjpeg builds: everyone evaluates the
 pixels. An output counts as done only when its file was renamed into place *and* its
 line reached the manifest journal (``manifest.jsonl``, folded into ``manifest.json`` at
 the end), so an interrupted generation resumes without redoing finished images.
+
+``--shard i/N`` takes every N-th image by id (``sharding.deal``); shard i journals to and
+writes ``manifest.part-i-of-N.json`` only, so shards share ``<out>``. Readers merge the
+parts; a run without ``--shard`` folds them into ``manifest.json``, byte-identical to one
+process's (sources and images sorted by key).
 """
 from __future__ import annotations
 
