@@ -227,7 +227,8 @@ VIT_RENAMES = [  # ours (timm block names) -> mmseg 1.x VisionTransformer
     (r"blocks\.(\d+)\.attn\.qkv\.weight", r"layers.\1.attn.attn.in_proj_weight"),
     (r"blocks\.(\d+)\.attn\.qkv\.bias", r"layers.\1.attn.attn.in_proj_bias"),
     (r"blocks\.(\d+)\.attn\.proj\.", r"layers.\1.attn.attn.out_proj."),
-    (r"blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."), (r"blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1."),
+    (r"blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."),
+    (r"blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1."),
 ]
 MASK_HEAD_RENAMES = [(r"proj_dec\.", "dec_proj."), (r"proj_patch", "patch_proj.weight"),
                      (r"proj_classes", "classes_proj.weight")]
@@ -296,8 +297,8 @@ def mmseg_loop(model, files: list[tuple[str, str]], pipeline, classes, reduce_ze
     start = time.perf_counter()
     with torch.no_grad():
         for image, label in files:
-            batch = pseudo_collate([pipeline(dict(img_path=image, seg_map_path=label, reduce_zero_label=reduce_zero_label,
-                                                  seg_fields=[]))])
+            inputs = dict(img_path=image, seg_map_path=label, reduce_zero_label=reduce_zero_label, seg_fields=[])
+            batch = pseudo_collate([pipeline(inputs)])
             outputs = runner.test_step(batch)
             metric.process(batch, [o.to_dict() for o in outputs])
             predictions.append(outputs[0].pred_sem_seg.data[0].numpy())

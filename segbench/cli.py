@@ -509,8 +509,8 @@ def _print_scale(out, scale: dict) -> None:
     png = ", ".join(f"level {k}: {v['seconds_per_image'] * 1e3:.0f} ms, {v['bytes_per_image'] / 1e6:.2f} MB"
                     for k, v in c["png_encoding"].items())
     out.print(f"corruption generation ({c['images']} images {c['image_size'][0]}x{c['image_size'][1]} x "
-              f"{len(c['corruptions'])} corruptions at severity {c['severity']}, median of {c['rounds']} rounds): plain "
-              f"imagecorruptions loop {ips['plain']:.2f} images/s, segbench corrupt {ips['workers_1']:.2f} (1 worker, "
+              f"{len(c['corruptions'])} corruptions at severity {c['severity']}, median of {c['rounds']} rounds): "
+              f"plain imagecorruptions loop {ips['plain']:.2f} images/s, segbench corrupt {ips['workers_1']:.2f} (1 worker, "
               f"overhead {_percent(c['overhead'])}), {ips['workers_2']:.2f} (2 workers, "
               f"{c['two_workers_speedup']:.2f}x one worker; {c['cpu_count']} cores, load average "
               f"{c['load_average'][0]:.1f}); PNG per image ({png}), the manifest's level {c['png_compress_level']}",
@@ -519,8 +519,8 @@ def _print_scale(out, scale: dict) -> None:
     small, large = m["runs"]
     out.print(f"peak memory (RSS, fresh processes, size breakdown + bootstrap + per-image counts): "
               f"{small['images']} images {small['peak_rss_bytes'] / 2**20:.0f} MiB, {large['images']} images "
-              f"{large['peak_rss_bytes'] / 2**20:.0f} MiB (x{m['ratio']:.3f}, {m['rss_bytes_per_image'] / 1024:.1f} KiB "
-              f"per image); per-image file {m['per_image_file_bytes_per_image']:.0f} B per image, record "
+              f"{large['peak_rss_bytes'] / 2**20:.0f} MiB (x{m['ratio']:.3f}, "
+              f"{m['rss_bytes_per_image'] / 1024:.1f} KiB per image); per-image file {m['per_image_file_bytes_per_image']:.0f} B per image, record "
               f"{m['record_bytes_per_image']:.1f} B per image", highlight=False)
 
 

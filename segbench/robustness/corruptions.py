@@ -302,8 +302,9 @@ def _sources(dataset, count: int, root: Path, shard: tuple[int, int]) -> dict[st
     for index in range(count):
         name = image_id(dataset, index)
         if name in names:
-            raise CorruptionError(f"two images share the id {name!r} (their file stem): {dataset.files[names[name]][0]} "
-                                  f"and {dataset.files[index][0]}; ids must be unique to seed them")
+            raise CorruptionError(f"two images share the id {name!r} (their file stem): "
+                                  f"{dataset.files[names[name]][0]} and {dataset.files[index][0]}; "
+                                  "ids must be unique to seed them")
         names[name] = index
     sources = {}
     for name in sorted(deal(names, *shard)):
