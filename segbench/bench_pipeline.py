@@ -30,6 +30,7 @@ is the median over rounds of mmseg's seconds / segbench's, with min and max.
 from __future__ import annotations
 
 import importlib.machinery
+import logging
 import os
 import re
 import sys
@@ -136,8 +137,11 @@ def import_mmseg():
         from mmseg.utils import register_all_modules
 
         register_all_modules(init_default_scope=True)
+        from mmengine.logging import MMLogger
     except Exception as exc:  # not installed, or an incompatible version
         return None, f"{type(exc).__name__}: {exc}"
+    # IoUMetric logs its per-class table (INFO) and warnings on stdout, which `--json` keeps for one document
+    MMLogger.get_current_instance().setLevel(logging.ERROR)
     return mmseg, None
 
 
