@@ -24,21 +24,27 @@ computing something else.
 - The cost of those added metrics where it matters: a SegFormer-B0 single-scale evaluation
   (its Cityscapes protocol: 1024 x 1024 windows, stride 768) of Cityscapes-sized scenes
   (1024 x 2048, 19 classes), every standard evaluator on, each one timed.
+- Scale (segbench.bench_pipeline): the whole evaluation loop against mmsegmentation 1.2.2's
+  with the same weights, corruption generation against a plain imagecorruptions loop, and
+  peak memory of a 100- and a 2000-image evaluation.
 
 Weights are random: no number here depends on their values.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segbench.bench_pipeline import bench_scale
 from segbench.data.datasets import CITYSCAPES_CLASSES, Sample, SegDataset, Synthetic
 from segbench.devices import AMP_DTYPES, device_name, synchronize
 from segbench.engine.evaluate import evaluate, standard_evaluators
@@ -74,11 +80,15 @@ class Settings:
     amp: str | None = None
     compile: bool = False
     matmul_size: int | None = None  # default: 2048 on CPU, 8192 on CUDA
+    scale: bool = True  # the bench_pipeline measurements (mmseg loop, corruption generation, memory)
+    scale_images: int = 2  # ADE-like images per mmseg-comparison loop and per corruption run
+    scale_rounds: int = 3
+    quick: bool = False
 
 
 def quick_settings(**overrides) -> Settings:
     """Small enough for a CPU in about a minute: 256 x 256, 3 rounds, micro pipelines."""
-    return Settings(**{"size": 256, "rounds": 3, "images": 2, "pipeline_models": QUICK_PIPELINE_MODELS,
+    return Settings(**{"size": 256, "rounds": 3, "images": 2, "pipeline_models": QUICK_PIPELINE_MODELS, "quick": True,
                        "added_metrics_scene": QUICK_ADDED_METRICS_SCENE, **overrides})
 
 
@@ -384,6 +394,11 @@ def run_bench(settings: Settings, progress=None) -> dict:
         pipelines.append(bench_pipeline(name, settings))
     step(f"added metrics: {settings.added_metrics_scene[0]} on {settings.added_metrics_scene[1]} scenes")
     added_metrics = bench_added_metrics(settings)
+    scale = None
+    if settings.scale:
+        with tempfile.TemporaryDirectory() as folder:
+            scale = bench_scale(Path(folder), settings.quick, settings.scale_images, settings.scale_rounds, step)
     return {"settings": asdict(settings), "torch": torch.__version__, "device_name": device_name(device),
             "threads": torch.get_num_threads(), "load_average": {"before": load_before, "after": os.getloadavg()},
-            "matmul": rate, "comparisons": comparisons, "pipelines": pipelines, "added_metrics": added_metrics}
+            "matmul": rate, "comparisons": comparisons, "pipelines": pipelines, "added_metrics": added_metrics,
+            "scale": scale}

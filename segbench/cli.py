@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segbench.errors import SegbenchError, UsageError
+from segbench.sharding import DEFAULT_WAIT_SECONDS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -81,18 +82,20 @@ def _summary_table(records: list[dict]) -> Table:
 
 def cmd_run(args) -> int:
     from segbench import report
-    from segbench.runner import check_inputs, plan, run_suite, shard_jobs
+    from segbench.runner import check_inputs, plan, run_suite
+    from segbench.sharding import shard_jobs
     from segbench.suite import load_suite
 
     suite = load_suite(args.suite)
-    problems = check_inputs(suite, shard_jobs(suite, plan(suite), *args.shard))
+    problems = check_inputs(suite, shard_jobs(plan(suite), *args.shard))
     if problems:
         raise UsageError("\n".join(problems))
     console = _console()
     with _progress(console, not args.json) as progress:
-        records = run_suite(suite, force=args.force, shard=args.shard, console=console, progress=progress)
+        records = run_suite(suite, force=args.force, shard=args.shard, console=console, progress=progress,
+                            wait_timeout=args.wait_timeout)
     report_files = []
-    if suite.report and not args.no_report:
+    if suite.report and not args.no_report and args.shard[1] == 1:  # shards: `segbench report` once all finish
         report_files = report.render(suite.results_dir, suite.report)
         for line in report.skipped(suite.results_dir):
             print(f"segbench report: skipped {line}", file=sys.stderr)
@@ -329,7 +332,7 @@ def cmd_corrupt(args) -> int:
     with _progress(console, not args.json) as progress:
         task = progress.add_task(f"corrupt {args.dataset} ({args.split})", total=None)
         summary = generate(args.dataset, args.split, args.root, args.out, grid, workers=args.workers,
-                           max_images=args.max_images,
+                           max_images=args.max_images, shard=args.shard,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if args.json:
         _print_json(summary)
@@ -338,7 +341,7 @@ def cmd_corrupt(args) -> int:
         console.print(f"{summary['written']} images written, {summary['skipped']} already done, "
                       f"{summary['outputs']} in all ({summary['images']} images x {len(grid)} corruptions x "
                       f"their severities) in {summary['seconds']:.1f} s ({rate:.2f} images/s, "
-                      f"{summary['workers']} workers): {summary['out']}/manifest.json")
+                      f"{summary['workers']} workers): {summary['manifest']}")
     return EXIT_OK
 
 
@@ -418,10 +421,13 @@ def cmd_bench(args) -> int:
 
     overrides = {k: v for k, v in {"size": args.size, "rounds": args.rounds, "calls": args.calls,
                                    "images": args.images}.items() if v is not None}
-    if any(v < 1 for v in overrides.values()):
-        raise UsageError("segbench bench: --size, --rounds, --calls and --images must be at least 1")
+    if any(v < 1 for v in [*overrides.values(), args.scale_images, args.scale_rounds]):
+        raise UsageError("segbench bench: --size, --rounds, --calls, --images, --scale-images and --scale-rounds "
+                         "must be at least 1")
     device = resolve_device(args.device)
-    common = {"device": device, "workers": args.workers, "amp": args.amp, "compile": args.compile, **overrides}
+    common = {"device": device, "workers": args.workers, "amp": args.amp, "compile": args.compile,
+              "scale": not args.no_scale, "scale_images": args.scale_images, "scale_rounds": args.scale_rounds,
+              **overrides}
     settings = quick_settings(**common) if args.quick else Settings(**common)
     console = _console()
     with console.status("bench", spinner="dots") if not args.json else contextlib.nullcontext() as status:
@@ -478,7 +484,54 @@ def cmd_bench(args) -> int:
               f"({added['protocol']}): evaluation {added['seconds_per_image']:.2f} s / image; boundary "
               f"{seconds.get('boundary', 0):.3f} s + calibration {seconds.get('calibration', 0):.3f} s = "
               f"+{100 * added['added_metrics_fraction']:.1f} % over the evaluation without them", highlight=False)
+    if result["scale"]:
+        _print_scale(out, result["scale"])
     return EXIT_OK
+
+
+def _spread(r: dict) -> str:
+    return f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]"
+
+
+def _print_scale(out, scale: dict) -> None:
+    mm = scale["mmseg_pipeline"]
+    if "skipped" in mm:
+        out.print(f"evaluation loop against mmsegmentation: skipped: {mm['skipped']}", highlight=False)
+    else:
+        table = Table(title=f"whole evaluation loop (PNG files to confusion matrix), segbench against mmsegmentation "
+                            f"{mm['mmseg']}, same weights, interleaved rounds")
+        for column in ("model", "images", "protocol", "segbench images/s", "mmseg images/s", "speed-up [min-max]",
+                       "same pixels", "max |Δ prob|"):
+            table.add_column(column, justify="left" if column in ("model", "images", "protocol") else "right")
+        for c in mm["comparisons"]:
+            for name in ("single_scale", "multi_scale"):
+                if name not in c:
+                    continue
+                r = c[name]
+                diff = r.get("max_probability_difference")
+                table.add_row(c["model"], f"{c['images']} x {c['image_size'][0]}x{c['image_size'][1]}", r["protocol"],
+                              f"{r['ours_images_per_second']:.3f}", f"{r['mmseg_images_per_second']:.3f}",
+                              _spread(r["speedup"]), f"{100 * r['pixel_agreement']:.2f} %",
+                              "—" if diff is None else f"{diff:.1e}")
+        out.print(table)
+    c = scale["corruption"]
+    ips = c["images_per_second"]
+    png = ", ".join(f"level {k}: {v['seconds_per_image'] * 1e3:.0f} ms, {v['bytes_per_image'] / 1e6:.2f} MB"
+                    for k, v in c["png_encoding"].items())
+    out.print(f"corruption generation ({c['images']} images {c['image_size'][0]}x{c['image_size'][1]} x "
+              f"{len(c['corruptions'])} corruptions at severity {c['severity']}, median of {c['rounds']} rounds): "
+              f"plain imagecorruptions loop {ips['plain']:.2f} images/s, segbench corrupt {ips['workers_1']:.2f} (1 worker, "
+              f"overhead {_percent(c['overhead'])}), {ips['workers_2']:.2f} (2 workers, "
+              f"{c['two_workers_speedup']:.2f}x one worker; {c['cpu_count']} cores, load average "
+              f"{c['load_average'][0]:.1f}); PNG per image ({png}), the manifest's level {c['png_compress_level']}",
+              highlight=False)
+    m = scale["memory"]
+    small, large = m["runs"]
+    out.print(f"peak memory (RSS, fresh processes, size breakdown + bootstrap + per-image counts): "
+              f"{small['images']} images {small['peak_rss_bytes'] / 2**20:.0f} MiB, {large['images']} images "
+              f"{large['peak_rss_bytes'] / 2**20:.0f} MiB (x{m['ratio']:.3f}, "
+              f"{m['rss_bytes_per_image'] / 1024:.1f} KiB per image); per-image file {m['per_image_file_bytes_per_image']:.0f} B per image, record "
+              f"{m['record_bytes_per_image']:.1f} B per image", highlight=False)
 
 
 def cmd_report(args) -> int:
@@ -575,7 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every job of a suite file (skips finished ones)")
     p.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
     p.add_argument("--force", action="store_true", help="redo finished jobs")
-    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N", help="run the jobs of every N-th model")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N",
+                   help="run every N-th job (by id) of each kind, e.g. one SLURM array task; shards share the "
+                        "results folder; no report (run `segbench report` once all shards finished)")
+    p.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_SECONDS, metavar="SECONDS",
+                   help="how long a job waits for its training job's record from another shard (default 48 h)")
     p.add_argument("--no-report", action="store_true", help="skip the report named in the suite")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.set_defaults(func=cmd_run)
@@ -683,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "noise never above 3)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--max-images", type=int, help="only the first N images of the split")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N",
+                   help="only every N-th image (by id), listed in OUT/manifest.part-i-of-N.json; shards share OUT; "
+                        "a run without --shard afterwards folds the parts into OUT/manifest.json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_corrupt)
 
@@ -729,6 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data-loading workers in the pipeline runs (default 0)")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast both sides (and the matrix product's dtype)")
     p.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    p.add_argument("--no-scale", action="store_true", help="skip the loop against mmsegmentation, corruption "
+                                                            "generation and memory measurements")
+    p.add_argument("--scale-images", type=int, default=2, help="ADE-like images per loop against mmsegmentation "
+                                                               "and per corruption run (default 2)")
+    p.add_argument("--scale-rounds", type=int, default=3, help="interleaved rounds of those comparisons (default 3)")
     p.add_argument("--out", metavar="BENCH.json", help="also write the results as JSON")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench)

@@ -65,6 +65,14 @@ def record_path(results_dir: Path, job_id: str, model: str) -> Path:
     return Path(results_dir) / f"{job_id}.{model}.json"
 
 
+def find_record(results_dir: Path, job_id: str) -> dict | None:
+    """A finished record of this job under any model name (two suite models with the same
+    weights, or a renamed model, share the computation), else any record of it."""
+    found = [read_record(p) for p in sorted(Path(results_dir).glob(f"{job_id}.*.json"))]
+    found = [r for r in found if r]
+    return next((r for r in found if r.get("status") == "ok"), found[0] if found else None)
+
+
 def read_record(path: Path) -> dict | None:
     """The record at ``path``; None if there is none. A file that cannot be read (permissions)
     is an error naming it, never taken for a missing record."""

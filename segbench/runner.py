@@ -12,8 +12,8 @@ or a crash loses nothing already finished. Each job is locked while it runs
 (segbench.locks): a second ``segbench run`` on the same results folder works on other jobs
 and picks up the held ones' records when their owner finishes.
 
-``--shard i/N`` keeps the jobs of every N-th *model* (in suite order): a model's
-evaluations need its training job, so they stay on the shard that trains it.
+``--shard i/N`` deals the jobs out by id (segbench.sharding); a job whose training job
+runs on another shard waits for that job's record in the shared results folder.
 """
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ from segbench.models import create_model, custom
 from segbench.models.checkpoints import load_model
 from segbench.profiling import parse_size, profile_model
 from segbench.report.previews import PreviewWriter
-from segbench.results import (check_writable, environment, new_record, now, read_record, record_path,
+from segbench.results import (check_writable, environment, find_record, new_record, now, read_record, record_path,
                               validate_record, write_record)
 from segbench.robustness.corruptions import corruption_grid, grid_cells
 from segbench.robustness.sweep import CLEAN, CorruptionCache, corrupted_view, source_of, sweep_key, write_preview
+from segbench.sharding import DEFAULT_WAIT_SECONDS, shard_jobs, trained_elsewhere, training_checkpoint
 from segbench.suite import Suite, locate, missing_files
 
 LOCK_POLL_SECONDS = 2.0
@@ -184,11 +185,6 @@ def _eval_identity(suite: Suite, spec) -> dict:
             "metrics": {"size_breakdown": spec.size_breakdown, "bootstrap": spec.bootstrap}, **_pinned(suite)}
 
 
-def shard_jobs(suite: Suite, jobs: list[Job], index: int, count: int) -> list[Job]:
-    models = list(suite.models)
-    return [job for job in jobs if models.index(job.model) % count == index]
-
-
 def check_inputs(suite: Suite, jobs: list[Job]) -> list[str]:
     """Every missing or malformed input of these jobs (checkpoint files, dataset folders),
     found before any job runs, each message located in the suite file."""
@@ -215,9 +211,12 @@ class NonFiniteLogits(SegbenchError):
 
 
 class Runner:
-    def __init__(self, suite: Suite, device: str, results_dir: Path, console=None, progress=None):
+    def __init__(self, suite: Suite, device: str, results_dir: Path, console=None, progress=None,
+                 trained_elsewhere: dict[str, str] | None = None, wait_timeout: float = DEFAULT_WAIT_SECONDS):
         self.suite, self.device, self.results_dir = suite, device, Path(results_dir)
         self.console, self.progress = console, progress
+        # training job id -> the shard ("k/N") that runs it, for this shard's jobs that wait for it
+        self.trained_elsewhere, self.wait_timeout = trained_elsewhere or {}, wait_timeout
         self._model_cache: tuple[tuple, torch.nn.Module, object] | None = None
 
     def run_train(self, job: Job, out: Path | None = None, resume: bool = True) -> dict:
@@ -276,14 +275,8 @@ class Runner:
                                             "summary": report.summary(), "notes": report.notes}
 
     def checkpoint_path_of(self, job: Job) -> Path:
-        record = find_record(self.results_dir, job.needs)
-        if not record or record.get("status") != "ok":
-            raise RuntimeError(f"training job {job.needs} of model {job.model!r} did not finish; "
-                               "its record says why")
-        path = Path(record["checkpoint"])
-        # The record holds the path as the training run saw it (its cwd, its mount); the runner's
-        # own layout under the results folder finds it from anywhere else.
-        return path if path.is_file() else self.results_dir / "train" / path.parent.name / path.name
+        return training_checkpoint(self.results_dir, job.needs, job.model, self.trained_elsewhere.get(job.needs),
+                                   self.wait_timeout)
 
     def protocol_for(self, model, dataset, spec: dict) -> Protocol:
         protocol = paper_protocol(model.info, dataset, multi_scale=spec["protocol"] == "multi_scale")
@@ -401,14 +394,6 @@ def dataset_fields(job: Job) -> dict:
     return {"dataset": config["dataset"]["kind"], "split": split}
 
 
-def find_record(results_dir: Path, job_id_: str) -> dict | None:
-    """A finished record of this job under any model name (two suite models with the same
-    weights, or a renamed model, share the computation), else any record of it."""
-    found = [read_record(p) for p in sorted(Path(results_dir).glob(f"{job_id_}.*.json"))]
-    found = [r for r in found if r]
-    return next((r for r in found if r.get("status") == "ok"), found[0] if found else None)
-
-
 def check_results_folder(results_dir: Path) -> None:
     """Refuse a folder whose records were written under another job-id scheme: their ids can
     match nothing this version plans, so running would silently recompute every job."""
@@ -437,7 +422,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1), console=None,
-              progress=None) -> list[dict]:
+              progress=None, wait_timeout: float = DEFAULT_WAIT_SECONDS) -> list[dict]:
     """Run (or skip, if finished) every job of this shard; returns their records, in job order."""
     device = resolve_device(suite.device, f"{suite.path}: device")
     set_threads(suite.threads)
@@ -445,8 +430,9 @@ def run_suite(suite: Suite, force: bool = False, shard: tuple[int, int] = (0, 1)
     results_dir = suite.results_dir
     check_results_folder(results_dir)
     check_writable(results_dir)
-    jobs = shard_jobs(suite, plan(suite), *shard)
-    runner = Runner(suite, device, results_dir, console, progress)
+    planned = plan(suite)
+    jobs = shard_jobs(planned, *shard)
+    runner = Runner(suite, device, results_dir, console, progress, trained_elsewhere(planned, *shard), wait_timeout)
     overall = progress.add_task("jobs", total=len(jobs)) if progress else None
     records: dict[int, dict] = {}
     pending, waiting = list(range(len(jobs))), False

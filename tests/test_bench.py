@@ -15,7 +15,7 @@ from segbench.cli import EXIT_OK, EXIT_USAGE, main  # noqa: E402
 
 def test_bench_runs_on_tiny_settings_and_compares_outputs(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--quick", "--size", "64", "--rounds", "2", "--images", "1", "--out", str(out)]
+    argv = ["bench", "--quick", "--size", "64", "--rounds", "2", "--images", "1", "--no-scale", "--out", str(out)]
     assert main(argv) == EXIT_OK
     printed = capsys.readouterr().out
     assert "SegFormer-B0 forward" in printed and "evaluation loop on the synthetic set" in printed

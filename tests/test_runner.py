@@ -7,7 +7,7 @@ import pytest
 
 from segbench import runner
 from segbench.results import load_records
-from segbench.runner import plan, run_suite, shard_jobs
+from segbench.runner import plan, run_suite
 from segbench.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,14 +106,6 @@ def test_interrupted_run_keeps_finished_records_and_resumes(tmp_path, monkeypatc
     rerun = run_suite(suite)
     assert sum(not r.get("skipped") for r in rerun) == 3
     assert {r["job_id"] for r in load_records(suite.results_dir)} >= finished
-
-
-def test_shards_partition_jobs_by_model(tmp_path):
-    suite = make_suite(tmp_path)
-    jobs = plan(suite)
-    shards = [shard_jobs(suite, jobs, i, 2) for i in range(2)]
-    assert sorted(j.id for s in shards for j in s) == sorted(j.id for j in jobs)
-    assert {j.model for j in shards[0]} == {"p32"} and {j.model for j in shards[1]} == {"p8"}
 
 
 def test_cli_run_json_and_stub_suite_errors(tmp_path):

@@ -543,16 +543,21 @@ class Synthetic(SegDataset):
         self.split, self.image_size, self.seed = split, image_size, seed
         count = self.default_sizes[split] if num_images is None else num_images
         super().__init__([None] * count, name=f"synthetic/{split}")
-        self._cache: dict[int, Sample] = {}  # scenes are small; training revisits them often
+        # Training revisits its scenes often: they are kept. An evaluation reads each once, and
+        # keeping them would grow its memory with the image count (`segbench bench` measures it).
+        self._cache: dict[int, Sample] | None = {} if split == "train" else None
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        if index not in self._cache:
-            image, ade_label, instances = synthetic.scene(index, self.split, self.seed, self.image_size)
-            label = self.label_lut[ade_label].astype(np.uint8)
-            self._cache[index] = Sample(image, label, instances, f"synthetic_{self.split}_{index + 1:08d}")
-        return self._cache[index]
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        image, ade_label, instances = synthetic.scene(index, self.split, self.seed, self.image_size)
+        label = self.label_lut[ade_label].astype(np.uint8)
+        sample = Sample(image, label, instances, f"synthetic_{self.split}_{index + 1:08d}")
+        if self._cache is not None:
+            self._cache[index] = sample
+        return sample
 
 
 def materialize_synthetic(out: str | os.PathLike, splits: dict[str, int], image_size: int = 128, seed: int = 0) -> Path:

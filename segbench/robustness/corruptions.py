@@ -26,10 +26,16 @@ PNG because JPEG encoding differs between libjpeg builds: everyone evaluates the
 pixels. An output counts as done only when its file was renamed into place *and* its
 line reached the manifest journal (``manifest.jsonl``, folded into ``manifest.json`` at
 the end), so an interrupted generation resumes without redoing finished images.
+
+``--shard i/N`` takes every N-th image by id (``sharding.deal``); shard i journals to and
+writes ``manifest.part-i-of-N.json`` only, so shards share ``<out>``. Readers merge the
+parts; a run without ``--shard`` folds them into ``manifest.json``, byte-identical to one
+process's (sources and images sorted by key).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -47,6 +53,7 @@ from PIL import Image
 from segbench.errors import SegbenchError
 from segbench.files import atomic_write
 from segbench.results import file_sha256, write_json_atomic
+from segbench.sharding import deal
 
 # SegFormer Table 5's columns, in its order (blur, noise, digital, weather).
 CORRUPTION_GROUPS = {
@@ -60,7 +67,11 @@ GROUP_OF = {name: group for group, names in CORRUPTION_GROUPS.items() for name i
 SEEDED_BY_ARGUMENT = ("impulse_noise", "glass_blur")  # imagecorruptions-imaug's seed= argument
 SEED_RULE = 'int.from_bytes(sha256(f"{image_id}/{corruption}/{severity}".encode()).digest()[:4], "big")'
 MANIFEST_FORMAT = 1
-PNG_COMPRESS_LEVEL = 6  # Pillow's default; stored in the manifest since it changes the bytes
+# zlib level of the PNGs; stored in the manifest since it changes the bytes. Measured on
+# 1024x2048 corrupted images (one of each corruption, severity 3): Pillow's default 6 took
+# about 0.7x as long as the corruptions themselves, level 1 a quarter of that, for files
+# about 10 % larger (`segbench bench` prints both levels' cost, README "Scale").
+PNG_COMPRESS_LEVEL = 1
 
 
 class CorruptionError(SegbenchError, ValueError):
@@ -150,13 +161,19 @@ def library_versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- manifest
 
 
-def read_manifest(out: Path) -> dict | None:
-    """manifest.json plus the journal lines of an unfinished run (a torn last line is ignored)."""
-    manifest = None
-    if (out / "manifest.json").is_file():
-        manifest = json.loads((out / "manifest.json").read_text())
-    journal = out / "manifest.jsonl"
-    if manifest is not None and journal.is_file():
+def _manifest_name(shard: tuple[int, int]) -> str:
+    """The file a generation writes: manifest.json, or one part per shard of a sharded one."""
+    index, count = shard
+    return "manifest.json" if count == 1 else f"manifest.part-{index}-of-{count}.json"
+
+
+def _read_manifest_file(path: Path) -> dict | None:
+    """One manifest file plus the journal lines of its unfinished run (a torn last line is ignored)."""
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    journal = path.with_suffix(".jsonl")
+    if journal.is_file():
         for line in journal.read_text().splitlines():
             try:
                 entry = json.loads(line)
@@ -166,33 +183,61 @@ def read_manifest(out: Path) -> dict | None:
     return manifest
 
 
-def _fold_journal(out: Path) -> None:
-    manifest = read_manifest(out)
+def read_manifest(out: Path) -> dict | None:
+    """manifest.json and the parts of sharded generations (``--shard``), merged."""
+    manifest = None
+    for path in [out / "manifest.json", *sorted(out.glob("manifest.part-*.json"))]:
+        part = _read_manifest_file(path)
+        if part is None:
+            continue
+        if manifest is None:
+            manifest = part
+            continue
+        _check_compatible(manifest, part, path)
+        manifest["sources"].update(part["sources"])
+        manifest["images"].update(part["images"])
+    return manifest
+
+
+def _fold_journal(out: Path, name: str) -> None:
+    """Write the manifest file ``name`` with its journal folded in, keys sorted (the bytes
+    depend on the images only, not on the order workers or shards finished them). The
+    one-process manifest.json takes in every shard's part, which then goes."""
+    merged = name == "manifest.json"
+    manifest = read_manifest(out) if merged else _read_manifest_file(out / name)
     if manifest is None:
         return
+    manifest["sources"] = dict(sorted(manifest["sources"].items()))
     manifest["images"] = dict(sorted(manifest["images"].items()))
-    write_json_atomic(out / "manifest.json", manifest)
-    (out / "manifest.jsonl").unlink(missing_ok=True)
+    write_json_atomic(out / name, manifest)
+    for part in [out / name, *(sorted(out.glob("manifest.part-*.json")) if merged else [])]:
+        part.with_suffix(".jsonl").unlink(missing_ok=True)
+        if part.name != name:
+            part.unlink()
 
 
-def _check_compatible(old: dict, new: dict, out: Path) -> None:
+def _check_compatible(old: dict, new: dict, path: Path) -> None:
     for key in ("format", "dataset", "seed_rule", "versions", "png_compress_level"):
-        if old.get(key) != new[key]:
+        if old.get(key) != new.get(key):
             raise CorruptionError(
-                f"{out}/manifest.json: this folder was generated with a different {key} "
-                f"({old.get(key)} vs now {new[key]}); images would not match. Write to a new --out folder.")
+                f"{path}: this folder was generated with a different {key} "
+                f"({old.get(key)} vs now {new.get(key)}); images would not match. Write to a new --out folder.")
     for name, source in new["sources"].items():
         if name in old["sources"] and old["sources"][name] != source:
-            raise CorruptionError(f"{out}/manifest.json: source image {source['path']} changed since it was "
+            raise CorruptionError(f"{path}: source image {source['path']} changed since it was "
                                   "corrupted (sha256 differs). Write to a new --out folder.")
 
 
 # --------------------------------------------------------------------------- generation
 
 
-def _write_png_atomic(path: Path, image: np.ndarray) -> None:
+def _write_png_atomic(path: Path, image: np.ndarray) -> str:
+    """Encode, write atomically; the sha256 of the bytes written (no second read of the file)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     with atomic_write(path) as f:
-        Image.fromarray(image).save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        f.write(buffer.getbuffer())
+    return hashlib.sha256(buffer.getbuffer()).hexdigest()
 
 
 def _link(source: Path, target: Path) -> None:
@@ -231,8 +276,8 @@ def _corrupt_to_file(task: tuple[int, str, str, int, str]) -> tuple[str, str, st
     if _worker_image is None or _worker_image[0] != index:  # tasks come grouped by image
         image = _worker_dataset[index].image
         _worker_image = (index, image, pixels_sha256(image))
-    _write_png_atomic(Path(path), corrupt_image(_worker_image[1], name, corruption, severity))
-    return path, file_sha256(path), _worker_image[2]
+    sha = _write_png_atomic(Path(path), corrupt_image(_worker_image[1], name, corruption, severity))
+    return path, sha, _worker_image[2]
 
 
 def _source_root(kind: str, split: str, root: str | None, out: Path, options: dict,
@@ -250,40 +295,52 @@ def _source_root(kind: str, split: str, root: str | None, out: Path, options: di
     return str(materialize_synthetic(out / "clean", {split: count}, **extra)), {}
 
 
-def _sources(dataset, count: int, root: Path) -> dict[str, dict]:
-    """image id -> {index, path relative to the root, sha256} for the first ``count`` images."""
-    sources = {}
+def _sources(dataset, count: int, root: Path, shard: tuple[int, int]) -> dict[str, dict]:
+    """image id -> {index, path relative to the root, sha256} for this shard's share (by
+    image id, as ``sharding.deal`` deals jobs) of the first ``count`` images."""
+    names = {}
     for index in range(count):
-        path = Path(os.path.abspath(dataset.files[index][0]))
+        name = image_id(dataset, index)
+        if name in names:
+            raise CorruptionError(f"two images share the id {name!r} (their file stem): "
+                                  f"{dataset.files[names[name]][0]} and {dataset.files[index][0]}; "
+                                  "ids must be unique to seed them")
+        names[name] = index
+    sources = {}
+    for name in sorted(deal(names, *shard)):
+        path = Path(os.path.abspath(dataset.files[names[name]][0]))
         if not path.is_relative_to(root):
             raise CorruptionError(f"{path}: not under the dataset root {root}")
-        name = image_id(dataset, index)
-        if name in sources:
-            raise CorruptionError(f"two images share the id {name!r} (their file stem): {sources[name]['path']} and "
-                                  f"{path.relative_to(root)}; ids must be unique to seed them")
-        sources[name] = {"index": index, "path": path.relative_to(root).as_posix(), "sha256": file_sha256(path)}
+        sources[name] = {"index": names[name], "path": path.relative_to(root).as_posix(), "sha256": file_sha256(path)}
     return sources
 
 
 def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, grid: dict[str, tuple[int, ...]],
              workers: int = 1, max_images: int | None = None, options: dict | None = None,
-             progress=None) -> dict:
+             progress=None, shard: tuple[int, int] = (0, 1)) -> dict:
     """Write the corrupted copies of a split (``grid``: corruption -> severities) under ``out``.
 
     Resumes: outputs already in the manifest (and on disk) are skipped. ``progress(done,
-    total)`` is called after each image. Returns a summary (counts, seconds, paths).
+    total)`` is called after each image. ``shard`` (i, N): only every N-th image (by id),
+    its entries in manifest.part-i-of-N.json; a run without ``shard`` afterwards finds
+    everything done and folds the parts into a manifest.json byte-identical to one
+    process's. Returns a summary (counts, seconds, paths).
     """
     from segbench.data.datasets import build_dataset
 
     start = time.perf_counter()
     out = Path(out)
+    if shard[1] > 1 and root is None:
+        raise CorruptionError(f"--shard {shard[0]}/{shard[1]}: give --root (shards must read one dataset folder; "
+                              "write the synthetic set first with `segbench datasets --materialize`)")
     root, options = _source_root(kind, split, root, out, dict(options or {}), max_images)
     out.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(kind, split, root, **options)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     root_path = Path(os.path.abspath(root))
-    sources = _sources(dataset, count, root_path)
+    sources = _sources(dataset, count, root_path, shard)
 
+    manifest_file = out / _manifest_name(shard)
     manifest = {"format": MANIFEST_FORMAT, "dataset": {"kind": kind, "split": split, "options": options},
                 "source_root": str(root_path), "seed_rule": SEED_RULE, "versions": library_versions(),
                 "png_compress_level": PNG_COMPRESS_LEVEL,
@@ -291,14 +348,17 @@ def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, gr
                 "images": {}}
     old = read_manifest(out)
     if old is not None:
-        _check_compatible(old, manifest, out)
-        manifest["sources"] = {**old["sources"], **manifest["sources"]}
-        manifest["images"] = old["images"]
-    write_json_atomic(out / "manifest.json", manifest)
-    (out / "manifest.jsonl").unlink(missing_ok=True)  # its lines are in manifest.json now
+        _check_compatible(old, manifest, manifest_file)
+        mine = old["sources"] if shard[1] == 1 else sources  # a shard keeps its own images only
+        manifest["sources"] = dict(sorted({**{k: v for k, v in old["sources"].items() if k in mine},
+                                           **manifest["sources"]}.items()))
+        manifest["images"] = {k: v for k, v in old["images"].items() if v["image_id"] in mine}
+    write_json_atomic(manifest_file, manifest)
+    journal_path = manifest_file.with_suffix(".jsonl")
+    journal_path.unlink(missing_ok=True)  # its lines are in the manifest file now
 
     todo = {}  # output path -> (image id, corruption, severity)
-    for name, source in sources.items():
+    for image, source in sources.items():
         rel = Path(source["path"]).with_suffix(".png")
         for corruption, severity in grid_cells(grid):
             cell = out / corruption / str(severity)
@@ -308,18 +368,18 @@ def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, gr
             key = f"{corruption}/{severity}/{rel.as_posix()}"
             if key not in manifest["images"] or not (out / key).is_file():
                 (cell / rel).parent.mkdir(parents=True, exist_ok=True)
-                todo[str(out / key)] = (name, corruption, severity)
-    total = count * len(grid_cells(grid))
+                todo[str(out / key)] = (image, corruption, severity)
+    total = len(sources) * len(grid_cells(grid))
     done = total - len(todo)
     if progress is not None:
         progress(done, total)
-    tasks = [(sources[name]["index"], name, c, s, path) for path, (name, c, s) in todo.items()]
+    tasks = [(sources[image]["index"], image, c, s, path) for path, (image, c, s) in todo.items()]
     try:
-        with open(out / "manifest.jsonl", "a") as journal:
+        with open(journal_path, "a") as journal:
             for path, sha, source_sha in _run_tasks(tasks, workers, (kind, split, root, options)):
-                name, corruption, severity = todo[path]
-                entry = {"path": Path(path).relative_to(out).as_posix(), "image_id": name, "corruption": corruption,
-                         "severity": severity, "seed": image_seed(name, corruption, severity), "sha256": sha,
+                image, corruption, severity = todo[path]
+                entry = {"path": Path(path).relative_to(out).as_posix(), "image_id": image, "corruption": corruption,
+                         "severity": severity, "seed": image_seed(image, corruption, severity), "sha256": sha,
                          "source_pixels_sha256": source_sha}
                 journal.write(json.dumps(entry) + "\n")
                 journal.flush()
@@ -328,10 +388,10 @@ def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, gr
                 if progress is not None:
                     progress(done, total)
     finally:
-        _fold_journal(out)
-    return {"out": str(out), "dataset": kind, "split": split, "images": count, "outputs": total,
-            "written": len(tasks), "skipped": total - len(tasks), "workers": workers,
-            "seconds": time.perf_counter() - start}
+        _fold_journal(out, manifest_file.name)
+    return {"out": str(out), "dataset": kind, "split": split, "images": len(sources), "outputs": total,
+            "written": len(tasks), "skipped": total - len(tasks), "workers": workers, "shard": list(shard),
+            "manifest": str(manifest_file), "seconds": time.perf_counter() - start}
 
 
 def _run_tasks(tasks: list, workers: int, dataset_args: tuple):
