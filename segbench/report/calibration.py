@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from segbench.report.document import Figure, Section  # noqa: E402
 from segbench.report.plots import save_figure  # noqa: E402
-from segbench.report.tables import Table, finished, number, protocol_of  # noqa: E402
+from segbench.report.tables import Table, dataset_split, finished, number, protocol_of  # noqa: E402
 from segbench.robustness.corruptions import CorruptionError  # noqa: E402
 from segbench.robustness.sweep import collect_sweeps  # noqa: E402
 
@@ -29,7 +29,7 @@ def quality_table(records: list[dict]) -> pd.DataFrame:
         boundary, calibration = m.get("boundary") or {}, m.get("calibration") or {}
         if not boundary and not calibration:
             continue
-        rows.append({"model": r["model"], "dataset": r["dataset"], "protocol": protocol_of(r),
+        rows.append({"model": r["model"], "dataset": dataset_split(r), "protocol": protocol_of(r),
                      "mIoU": number(m.get("mIoU")), "mBIoU": number(boundary.get("mBIoU")),
                      "min(IoU, BIoU)": number(boundary.get("mIoU_BIoU_min")),
                      "ECE": number(calibration.get("ECE")), "NLL": number(calibration.get("NLL")),
@@ -85,7 +85,7 @@ def quality_section(records: list[dict], out: Path) -> Section | None:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in finished(records, "eval"):
         if (r["metrics"].get("calibration") or {}).get("reliability"):
-            groups.setdefault((r["dataset"], protocol_of(r)), []).append(r)
+            groups.setdefault((dataset_split(r), protocol_of(r)), []).append(r)
     for i, ((dataset, protocol), group) in enumerate(groups.items()):
         suffix = f"_{i}" if len(groups) > 1 else ""
         shown = group[:MAX_RELIABILITY_LINES]
@@ -106,10 +106,10 @@ def shift_table(records: list[dict], clean_dataset: str = "cityscapes/val",
     """Per model (single scale): mIoU on the clean split, Cityscapes-C mPC, and mIoU under each
     real adverse condition, each with its drop from clean (points of mIoU)."""
     evals = [r for r in finished(records, "eval") if protocol_of(r) == "single_scale"]
-    real = sorted({r["dataset"] for r in evals if r["dataset"].split("/")[0] in real_kinds})
+    real = sorted({dataset_split(r) for r in evals if dataset_split(r).split("/")[0] in real_kinds})
     if not real:
         return pd.DataFrame()
-    clean = {r["model"]: r["metrics"]["mIoU"] for r in evals if r["dataset"] == clean_dataset}
+    clean = {r["model"]: r["metrics"]["mIoU"] for r in evals if dataset_split(r) == clean_dataset}
     kind, split = clean_dataset.split("/")
     mpc = {}
     for sweep in collect_sweeps(records):
@@ -122,8 +122,8 @@ def shift_table(records: list[dict], clean_dataset: str = "cityscapes/val",
                 clean.setdefault(model, sweep.clean.get(model))
     by_model: dict[str, dict] = {}
     for r in evals:
-        if r["dataset"] in real:
-            by_model.setdefault(r["model"], {})[r["dataset"]] = r["metrics"]["mIoU"]
+        if dataset_split(r) in real:
+            by_model.setdefault(r["model"], {})[dataset_split(r)] = r["metrics"]["mIoU"]
     rows = []
     for model in dict.fromkeys([*clean, *by_model]):
         base = number(clean.get(model))
@@ -168,13 +168,13 @@ def shift_quality_table(records: list[dict], clean_dataset: str = "cityscapes/va
     rows = []
     for model in dict.fromkeys(r["model"] for r in evals):
         mine = [r for r in evals if r["model"] == model]
-        real = sorted((r for r in mine if r["dataset"].split("/")[0] in real_kinds), key=lambda r: r["dataset"])
+        real = sorted((r for r in mine if dataset_split(r).split("/")[0] in real_kinds), key=lambda r: dataset_split(r))
         if not real:
             continue
-        rows += [_quality_row(model, "clean", [r["metrics"]]) for r in mine if r["dataset"] == clean_dataset]
+        rows += [_quality_row(model, "clean", [r["metrics"]]) for r in mine if dataset_split(r) == clean_dataset]
         if cells.get(model):
             rows.append(_quality_row(model, f"Cityscapes-C (mean of {len(cells[model])} cells)", cells[model]))
-        rows += [_quality_row(model, r["dataset"].removesuffix(f"/{split}"), [r["metrics"]]) for r in real]
+        rows += [_quality_row(model, dataset_split(r).removesuffix(f"/{split}"), [r["metrics"]]) for r in real]
     return pd.DataFrame(rows).dropna(axis=1, how="all")
 
 
