@@ -23,42 +23,24 @@ What is compared, and what is not:
 """
 from __future__ import annotations
 
-import importlib.machinery
 import re
-import sys
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from segbench.bench_pipeline import import_mmseg
 from segbench.models import create_model
-
-
-class _StandInExt(types.ModuleType):
-    """mmcv-lite has no compiled ops; any op looked up exists but refuses to run."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def missing(*args, **kwargs):
-            raise NotImplementedError(f"mmcv._ext.{name} (stand-in)")
-        return missing
 
 
 @pytest.fixture(scope="module")
 def mmseg_models():
-    if "mmcv._ext" not in sys.modules:
-        ext = _StandInExt("mmcv._ext")
-        ext.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)
-        sys.modules["mmcv._ext"] = ext
-    try:
-        from mmengine.config import ConfigDict
-        from mmseg.registry import MODELS
-        import mmseg.models  # noqa: F401  (registers the modules)
-    except Exception as exc:  # not installed, or an incompatible version
-        pytest.skip(f"mmsegmentation not importable: {type(exc).__name__}: {exc}")
+    mmseg, reason = import_mmseg()  # with segbench's stand-in for mmcv's compiled ops
+    if mmseg is None:
+        pytest.skip(f"mmsegmentation not importable: {reason}")
+    from mmengine.config import ConfigDict
+    from mmseg.registry import MODELS
+
     def build(**cfg):
         module = MODELS.build(ConfigDict(cfg))
         module.eval()  # (mmengine's train() does not return the module)
