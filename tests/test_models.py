@@ -110,3 +110,22 @@ def test_describe_models_lists_every_variant():
         assert r["encoder_params"] + r["decoder_params"] + r["aux_params"] == r["params"], r["name"]
         assert r["crop_size"] > 0 and r["patch_size"] > 0 and r["normalization"] in ("imagenet", "vit (0.5, 0.5)")
     assert ROWS["setr_l16_pup"]["aux_params"] > 0 and ROWS["segmenter_b16_mask"]["aux_params"] == 0
+
+
+def test_every_registered_family_declares_its_traits():
+    # recipes, drop path, encoder init and mmseg converters come from the Family each family module
+    # registers beside its builders (segbench.models.Family); a new family must declare one
+    import torch
+
+    from segbench.models import create_model, family_of, list_models
+
+    families = set()
+    for name in list_models():
+        with torch.device("meta"):
+            families.add(create_model(name, num_classes=3).info.family)
+    assert families == {"segmenter", "setr", "segformer", "fcn", "deeplabv3plus"}
+    assert all(family_of(f) is not None and family_of(f).name == f for f in families)
+    assert family_of("custom") is None  # user models: a named recipe, no converter
+    assert {f: family_of(f).recipe for f in families} == {"segmenter": "segmenter", "setr": "setr",
+                                                          "segformer": "segformer", "fcn": "cnn",
+                                                          "deeplabv3plus": "cnn"}

@@ -40,7 +40,7 @@ from segbench.data.datasets import IGNORE_INDEX, SegDataset
 from segbench.errors import SegbenchError
 from segbench.data.loader import IterationBatches, loader
 from segbench.devices import AMP_DTYPES
-from segbench.models import create_model
+from segbench.models import create_model, family_of
 from segbench.models.checkpoints import read_file, save_checkpoint
 
 
@@ -132,9 +132,6 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            ratio_range=(1.0, 1.0), photometric=False),
 ]}
 
-FAMILY_RECIPES = {"segmenter": "segmenter", "setr": "setr", "segformer": "segformer", "fcn": "cnn",
-                  "deeplabv3plus": "cnn"}
-TRANSFORMER_FAMILIES = ("segmenter", "setr", "segformer")  # whose builders take drop_path
 
 
 def default_recipe_name(family: str, dataset_kind: str, model_crop: int) -> str:
@@ -142,7 +139,8 @@ def default_recipe_name(family: str, dataset_kind: str, model_crop: int) -> str:
     ADE20K models built for 640 crops (Seg-L-Mask/16, SegFormer-B5) get the 640 recipe."""
     if dataset_kind == "synthetic":
         return "scratch"
-    name = f"{FAMILY_RECIPES.get(family, family)}_{dataset_kind.removesuffix('_59')}"
+    known = family_of(family)
+    name = f"{known.recipe if known else family}_{dataset_kind.removesuffix('_59')}"
     if model_crop == 640 and f"{name}_640" in RECIPES:
         name += "_640"
     if name not in RECIPES:
@@ -234,7 +232,8 @@ def build_model(arch: str, num_classes: int, recipe: Recipe, seed: int = 0) -> n
     with torch.device("meta"):
         probe = create_model(arch, num_classes=num_classes)
     kwargs = {}
-    if recipe.drop_path is not None and probe.info.family in TRANSFORMER_FAMILIES:
+    family = family_of(probe.info.family)
+    if recipe.drop_path is not None and family is not None and family.drop_path:
         kwargs["drop_path"] = recipe.drop_path
     height, width = recipe.crop_size
     if height == width != probe.info.crop_size and hasattr(getattr(probe, "encoder", None), "pos_embed"):
@@ -253,7 +252,8 @@ def initialise_encoder(model: nn.Module, path: str | Path) -> list[str]:
     fine-tune (segbench.models.checkpoints.init_encoder_from_imagenet); returns notes for the record."""
     from segbench.models.checkpoints import init_encoder_from_imagenet
 
-    if model.info.family not in ("segmenter", "setr"):
+    family = family_of(model.info.family)
+    if family is None or not family.imagenet_vit_encoder:
         raise TrainError(f"encoder_init: ImageNet weights load into ViT encoders (Segmenter, SETR); "
                          f"not supported for {model.info.family} yet")
     report = init_encoder_from_imagenet(model, path)

@@ -46,7 +46,35 @@ class ModelInfo:
         return replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class Family:
+    """What segbench knows about a model family besides its builders, declared beside them
+    (``register_family`` in the family's module) instead of as name comparisons elsewhere.
+    The test protocols are the exception: they stay in one table with the official files
+    they cite (``segbench.engine.protocols.FAMILY_RULES``), as the README's protocol table."""
+
+    name: str  # ModelInfo.family
+    recipe: str  # prefix of its paper recipes in segbench.engine.train.RECIPES ("<recipe>_<dataset kind>")
+    drop_path: bool = False  # its builders take the recipe's stochastic depth (``drop_path=``)
+    imagenet_vit_encoder: bool = False  # ImageNet ViT weights initialise its encoder (checkpoints.init_encoder_from_imagenet)
+    mmseg_state_dict: Callable[[dict], dict] | None = None  # mmseg-format names -> ours; None: the shared renames
+
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.name in _FAMILIES:
+        raise ValueError(f"model family {family.name!r} registered twice")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def family_of(name: str) -> Family | None:
+    """The registered family ``name`` (a ModelInfo.family); None for user models."""
+    _import_families()
+    return _FAMILIES.get(name)
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

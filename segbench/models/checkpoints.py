@@ -41,7 +41,7 @@ import yaml
 
 from segbench.errors import SegbenchError
 from segbench.files import atomic_write
-from segbench.models import VIT_MEAN, VIT_STD, ModelInfo, create_model, list_models
+from segbench.models import VIT_MEAN, VIT_STD, ModelInfo, create_model, family_of, list_models
 from segbench.models.segmenter import DEIT_MEAN, DEIT_STD
 
 SEGBENCH_FORMAT = "segbench-v1"
@@ -208,10 +208,9 @@ def detect_format(payload: dict) -> str:
 
 def _mmseg(payload: dict, family: str) -> Converted:
     state_dict = payload.get("state_dict", payload)
-    if family in ("fcn", "deeplabv3plus"):  # mmseg ResNetV1c / MobileNetV2 names -> timm's
-        from segbench.models.cnn import convert_mmseg_state_dict
-
-        return Converted(MMSEG_FORMAT, convert_mmseg_state_dict(state_dict))
+    known = family_of(family)
+    if known is not None and known.mmseg_state_dict is not None:  # e.g. mmseg ResNetV1c names -> timm's
+        return Converted(MMSEG_FORMAT, known.mmseg_state_dict(state_dict))
     if any(key.startswith("backbone.layers.") for key in state_dict):
         # mmseg 1.x re-implemented ViT and MiT (nn.MultiheadAttention, 1x1-conv MLPs) and its
         # SegformerHead adds BN + ReLU per stage: not the papers' models, so no renaming fits.

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
 
-from segbench.models import ModelInfo, register_model
+from segbench.models import Family, ModelInfo, register_family, register_model
 from segbench.models.segformer import EncoderDecoder
 
 
@@ -164,6 +164,11 @@ def convert_mmseg_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, t
             key = "decoder." + key[len("decode_head."):]
         out[key] = value
     return out
+
+
+# mmseg's configs train both with its "cnn" recipes; its model-zoo files need their own renames.
+register_family(Family("fcn", recipe="cnn", mmseg_state_dict=convert_mmseg_state_dict))
+register_family(Family("deeplabv3plus", recipe="cnn", mmseg_state_dict=convert_mmseg_state_dict))
 
 
 # --- variants -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct, DropPath
 
-from segbench.models import ModelInfo, register_model
+from segbench.models import Family, ModelInfo, register_family, register_model
 from segbench.models.segmenter import init_linear_and_norm, map_to_tokens, tokens_to_map
 
 
@@ -361,6 +361,10 @@ def segformer_from_hf_config(config: dict | str | os.PathLike, **kw) -> EncoderD
                        decoder_dim=config.get("decoder_hidden_size", 256), norm_eps=1e-5, **kw)
     model.info = model.info.with_(name=f"segformer_{size}" if size else "segformer_custom")
     return model
+
+
+# The composites (segbench.models.composites) are of this family too: SegFormer's recipe and test protocol.
+register_family(Family("segformer", recipe="segformer", drop_path=True))
 
 
 # --- variants -------------------------------------------------------------------------

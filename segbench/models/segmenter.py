@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
-from segbench.models import VIT_MEAN, VIT_STD, ModelInfo, register_model
+from segbench.models import VIT_MEAN, VIT_STD, Family, ModelInfo, register_family, register_model
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-5)
 
@@ -219,6 +219,9 @@ DEIT = dict(distilled=True, mean=DEIT_MEAN, std=DEIT_STD)
 DEIT_T = dict(VIT_T, **DEIT)  # config.yml deit_tiny_distilled_patch16_224
 DEIT_S = dict(VIT_S, **DEIT)  # config.yml deit_small_distilled_patch16_224
 DEIT_B = dict(VIT_B, **DEIT)  # config.yml deit_base_distilled_patch16_384
+
+
+register_family(Family("segmenter", recipe="segmenter", drop_path=True, imagenet_vit_encoder=True))
 
 
 @register_model

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 
-from segbench.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
+from segbench.models import IMAGENET_MEAN, IMAGENET_STD, Family, ModelInfo, register_family, register_model
 from segbench.models.segmenter import init_linear_and_norm, resize_pos_embed, tokens_to_map, vit_blocks
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
@@ -254,6 +254,9 @@ T_LARGE = dict(dim=1024, depth=24, heads=16)
 T_BASE = dict(dim=768, depth=12, heads=12)
 NAIVE_L_AUX, PUP_L_AUX = (9, 14, 19), (9, 14, 19, 23)  # Z10, Z15, Z20 (, Z24): Sec. 4.1
 NAIVE_B_AUX, PUP_B_AUX = (2, 5, 8), (4, 7, 9, 11)  # SETR_Naive_Base / SETR_PUP_DeiT configs
+
+
+register_family(Family("setr", recipe="setr", drop_path=True, imagenet_vit_encoder=True))
 
 
 @register_model
