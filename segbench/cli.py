@@ -169,7 +169,9 @@ def _eval_suite(args):
     evaluation = {"dataset": args.dataset, "split": args.split, "protocol": args.protocol,
                   "max_images": args.max_images, "bootstrap": args.bootstrap, "size_breakdown": not args.no_size,
                   "per_image": bool(args.out), "batch_size": batch_size, "workers": args.workers,
-                  "amp": args.amp, "compile": args.compile}
+                  "amp": args.amp, "compile": args.compile, "boundary": not args.no_boundary,
+                  "calibration": not args.no_calibration,
+                  **({"boundary_dilation": args.boundary_dilation} if args.boundary_dilation is not None else {})}
     model = {"arch": args.model, **({"checkpoint": args.checkpoint} if args.checkpoint else {"weights": "random"})}
     return _single_suite("eval", args, model, _dataset_entry(args), evaluate=[evaluation])
 
@@ -187,6 +189,9 @@ def cmd_eval(args) -> int:
         raise UsageError(f"segbench eval: --batch-size takes a positive number or 'auto', got {args.batch_size!r}")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"segbench eval: --max-images takes a positive number, got {args.max_images}")
+    if args.predictions and (args.no_boundary or args.no_calibration or args.boundary_dilation is not None):
+        raise UsageError("segbench eval: --no-boundary, --no-calibration and --boundary-dilation apply to a model "
+                         "run, not to --predictions")
     suite = _eval_suite(args) if args.model else None
     with _progress(_console(), not args.json) as progress, tempfile.TemporaryDirectory() as scratch:
         if suite is None:
@@ -687,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int)
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% CI of mIoU (0: none)")
     p.add_argument("--no-size", action="store_true", help="skip the object-size breakdown")
+    p.add_argument("--no-boundary", action="store_true", help="skip boundary IoU (mBIoU)")
+    p.add_argument("--boundary-dilation", type=float, metavar="F",
+                   help="boundary band as a fraction of the image diagonal (default 0.02)")
+    p.add_argument("--no-calibration", action="store_true", help="skip ECE / NLL / Brier and error detection")
     p.add_argument("--out", metavar="RECORD.json", help="also write a record (+ per-image counts beside it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0,
