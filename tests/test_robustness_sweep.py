@@ -199,3 +199,4 @@ def test_a_changed_reference_reaches_the_reused_records_and_the_report(tmp_path,
     report.render(changed.results_dir, tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     assert "mCD vs a" in text and "mCD vs b" not in text
+    assert "Boundary IoU and calibration under corruption" in text  # the cells carry mBIoU and ECE
