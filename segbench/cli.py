@@ -299,7 +299,8 @@ def cmd_datasets(args) -> int:
         out = materialize_synthetic(args.out, {"train": args.train_images, "val": args.val_images})
         _print_json({"written": str(out)}) if args.json else _console().print(f"synthetic dataset written to {out}")
         return EXIT_OK
-    rows = [{"kind": kind, "classes": len(cls.classes), "test_scale": cls.test_scale,
+    # a kind without class names of its own (folder) reads them from its root's classes file: None
+    rows = [{"kind": kind, "classes": len(cls.classes) or None, "test_scale": cls.test_scale,
              "size_buckets": cls.size_buckets, "layout": getattr(cls, "layout", "built in (no files)")}
             for kind, cls in DATASETS.items()]
     if args.json:
@@ -309,7 +310,8 @@ def cmd_datasets(args) -> int:
     for column in ("kind", "classes", "test scale", "size buckets (px)"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["kind"], str(r["classes"]), str(r["test_scale"]), str(r["size_buckets"]))
+        table.add_row(r["kind"], "from its classes file" if r["classes"] is None else str(r["classes"]),
+                      str(r["test_scale"]), str(r["size_buckets"]))
     _stdout().print(table)
     _console().print("On-disk layouts: `segbench datasets --json`, or the README.")
     return EXIT_OK
@@ -368,7 +370,7 @@ def cmd_profile(args) -> int:
                "channels_last": args.channels_last}
     # costs need no trained weights: the architecture's own (random) ones, said so
     model = {"arch": args.model, "weights": "random", **({"num_classes": args.num_classes} if args.num_classes else {})}
-    suite = _single_suite("profile", args, model, {args.dataset: {"kind": args.dataset}}, profile=[profile])
+    suite = _single_suite("profile", args, model, _dataset_entry(args), profile=[profile])
     with _console().status(f"profiling {args.model} at {args.size}", spinner="dots") if not args.json \
             else contextlib.nullcontext():
         record = run_single(suite, Path(args.out).parent if args.out else Path("."))
@@ -764,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="512x512", help="input HEIGHTxWIDTH (default 512x512)")
     p.add_argument("--dataset", default="ade20k", help="class count and test protocol of the pipeline timing "
                                                        "(default ade20k: 150 classes)")
+    p.add_argument("--root", help="the dataset folder, where its class count needs one (folder: its classes file)")
     p.add_argument("--num-classes", type=int, help="override the dataset's class count")
     p.add_argument("--batch-size", default="1", help="images per timed forward, or 'max': the largest power of two "
                                                      "that fits in memory (Segmenter's images/s protocol)")
