@@ -169,7 +169,9 @@ def _eval_suite(args):
     evaluation = {"dataset": args.dataset, "split": args.split, "protocol": args.protocol,
                   "max_images": args.max_images, "bootstrap": args.bootstrap, "size_breakdown": not args.no_size,
                   "per_image": bool(args.out), "batch_size": batch_size, "workers": args.workers,
-                  "amp": args.amp, "compile": args.compile}
+                  "amp": args.amp, "compile": args.compile, "boundary": not args.no_boundary,
+                  "calibration": not args.no_calibration,
+                  **({"boundary_dilation": args.boundary_dilation} if args.boundary_dilation is not None else {})}
     model = {"arch": args.model, **({"checkpoint": args.checkpoint} if args.checkpoint else {"weights": "random"})}
     return _single_suite("eval", args, model, _dataset_entry(args), evaluate=[evaluation])
 
@@ -187,6 +189,9 @@ def cmd_eval(args) -> int:
         raise UsageError(f"segbench eval: --batch-size takes a positive number or 'auto', got {args.batch_size!r}")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"segbench eval: --max-images takes a positive number, got {args.max_images}")
+    if args.predictions and (args.no_boundary or args.no_calibration or args.boundary_dilation is not None):
+        raise UsageError("segbench eval: --no-boundary, --no-calibration and --boundary-dilation apply to a model "
+                         "run, not to --predictions")
     suite = _eval_suite(args) if args.model else None
     with _progress(_console(), not args.json) as progress, tempfile.TemporaryDirectory() as scratch:
         if suite is None:
@@ -294,7 +299,8 @@ def cmd_datasets(args) -> int:
         out = materialize_synthetic(args.out, {"train": args.train_images, "val": args.val_images})
         _print_json({"written": str(out)}) if args.json else _console().print(f"synthetic dataset written to {out}")
         return EXIT_OK
-    rows = [{"kind": kind, "classes": len(cls.classes), "test_scale": cls.test_scale,
+    # a kind without class names of its own (folder) reads them from its root's classes file: None
+    rows = [{"kind": kind, "classes": len(cls.classes) or None, "test_scale": cls.test_scale,
              "size_buckets": cls.size_buckets, "layout": getattr(cls, "layout", "built in (no files)")}
             for kind, cls in DATASETS.items()]
     if args.json:
@@ -304,7 +310,8 @@ def cmd_datasets(args) -> int:
     for column in ("kind", "classes", "test scale", "size buckets (px)"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["kind"], str(r["classes"]), str(r["test_scale"]), str(r["size_buckets"]))
+        table.add_row(r["kind"], "from its classes file" if r["classes"] is None else str(r["classes"]),
+                      str(r["test_scale"]), str(r["size_buckets"]))
     _stdout().print(table)
     _console().print("On-disk layouts: `segbench datasets --json`, or the README.")
     return EXIT_OK
@@ -363,7 +370,7 @@ def cmd_profile(args) -> int:
                "channels_last": args.channels_last}
     # costs need no trained weights: the architecture's own (random) ones, said so
     model = {"arch": args.model, "weights": "random", **({"num_classes": args.num_classes} if args.num_classes else {})}
-    suite = _single_suite("profile", args, model, {args.dataset: {"kind": args.dataset}}, profile=[profile])
+    suite = _single_suite("profile", args, model, _dataset_entry(args), profile=[profile])
     with _console().status(f"profiling {args.model} at {args.size}", spinner="dots") if not args.json \
             else contextlib.nullcontext():
         record = run_single(suite, Path(args.out).parent if args.out else Path("."))
@@ -687,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int)
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% CI of mIoU (0: none)")
     p.add_argument("--no-size", action="store_true", help="skip the object-size breakdown")
+    p.add_argument("--no-boundary", action="store_true", help="skip boundary IoU (mBIoU)")
+    p.add_argument("--boundary-dilation", type=float, metavar="F",
+                   help="boundary band as a fraction of the image diagonal (default 0.02)")
+    p.add_argument("--no-calibration", action="store_true", help="skip ECE / NLL / Brier and error detection")
     p.add_argument("--out", metavar="RECORD.json", help="also write a record (+ per-image counts beside it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0,
@@ -755,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="512x512", help="input HEIGHTxWIDTH (default 512x512)")
     p.add_argument("--dataset", default="ade20k", help="class count and test protocol of the pipeline timing "
                                                        "(default ade20k: 150 classes)")
+    p.add_argument("--root", help="the dataset folder, where its class count needs one (folder: its classes file)")
     p.add_argument("--num-classes", type=int, help="override the dataset's class count")
     p.add_argument("--batch-size", default="1", help="images per timed forward, or 'max': the largest power of two "
                                                      "that fits in memory (Segmenter's images/s protocol)")

@@ -119,7 +119,8 @@ def plan(suite: Suite) -> list[Job]:
         # a written cache and on-the-fly corruption are the same pixels by design, but the record
         # says which was read: the choice is part of the id, the cache's path is not
         evaluation = {**_eval_identity(suite, spec), "corrupted_images": "cache" if spec.root else "on_the_fly"}
-        sweep = {"key": sweep_key(evaluation["dataset"], evaluation), "grid": grid, "reference": spec.reference}
+        sweep = {"key": sweep_key(evaluation["dataset"], evaluation), "grid": {c: list(s) for c, s in grid.items()},
+                 "reference": spec.reference}  # as a record holds it: a reused record's is compared with it
         for key in spec.models or tuple(suite.models):
             weights, identity = _model_part(suite, key, spec.dataset, train_ids)
             config = {**weights, "dataset": asdict(suite.datasets[spec.dataset]), "eval": settings}
@@ -485,9 +486,13 @@ def _run_or_reuse(runner: Runner, job: Job, force: bool) -> dict | None:
 
 
 def _reused(path: Path, existing: dict, job: Job) -> dict:
-    """A finished record for this job; under another model name, copied to this model's."""
+    """A finished record for this job; under another model name, copied to this model's. What
+    the job records beside its id (a sweep's grid and CD reference) is the current suite's."""
+    changes = {k: v for k, v in job.meta.items() if existing.get(k) != v}
     if existing.get("model") != job.model:
-        existing = {**existing, "model": job.model, "reused_from": existing.get("model")}
+        changes |= {"model": job.model, "reused_from": existing.get("model")}
+    if changes:
+        existing = {**existing, **changes}
         if dist.is_main():
             write_record(path, existing)
     return {**existing, "skipped": True}

@@ -281,7 +281,7 @@ def _build(cls, data: Any, path: str, where: _Where):
 
 
 def _check_references(suite: Suite, where: _Where) -> None:
-    from segbench.data.datasets import DATASETS
+    from segbench.data.datasets import DATASETS, DatasetError, check_dataset_options
     from segbench.devices import device_problem
     from segbench.models import is_model
 
@@ -294,6 +294,11 @@ def _check_references(suite: Suite, where: _Where) -> None:
         if spec.kind not in DATASETS:
             raise where.error(f"datasets.{name}.kind", f"unknown dataset kind {spec.kind!r}; "
                                                        f"choose from {', '.join(sorted(DATASETS))}")
+        for option, value in spec.options.items():  # the reader's own checks, before any job runs
+            try:
+                check_dataset_options(spec.kind, spec.root, {option: value})
+            except DatasetError as exc:
+                raise where.error(f"datasets.{name}.options.{option}", str(exc)) from None
         for option in ("num_images", "image_size"):  # the synthetic set's sizes: 0 gives an empty, NaN result
             value = spec.options.get(option)
             if spec.kind == "synthetic" and value is not None and (not isinstance(value, int) or value < 1):

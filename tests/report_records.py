@@ -121,3 +121,14 @@ def tiny_png(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
     return path
+
+
+def corruption_record(job_id: str, model: str, corruption: str, severity: int, miou: float, grid: dict,
+                      key: str = "sweep1", reference: str | None = None, **metrics) -> dict:
+    """One cell of a corruption sweep (``metrics`` beside its mIoU: boundary, calibration)."""
+    return new_record(job_id, "fake", "corruption", model=model, arch="segformer_b0", status="ok", env=ENV,
+                      config={"dataset": {"kind": "cityscapes", "root": None, "options": {}},
+                              "eval": {"dataset": "cityscapes", "split": "val", "protocol": "single_scale"}},
+                      sweep={"key": key, "grid": grid, "reference": reference}, corruption=corruption,
+                      severity=severity, metrics={"mIoU": miou, **metrics}, timings={"images": 2},
+                      preview="none.png", finished="2026-01-01T00:00:04+00:00")

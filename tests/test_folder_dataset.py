@@ -1,5 +1,7 @@
 """kind: folder (segbench.data.folder): each label encoding, the classes file's mappings, the
 layout options, and every problem of a split listed together, each naming its file."""
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -132,3 +134,19 @@ def test_prediction_pngs_score_against_a_folder_dataset(tmp_path, capsys, ids):
     assert main(["eval", "--predictions", str(predictions), "--dataset", "folder", "--root", str(root),
                  "--ids", ids, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["mIoU"] == 100.0
+
+
+def test_commands_take_a_folder_datasets_class_count_from_its_classes_file(tmp_path, capsys):
+    from segbench.cli import main
+
+    root = write(tmp_path / "data", "names: [a, b, c, d]\n", {"x": [[0, 1, 2, 3]] * 3})
+    assert main(["datasets", "--json"]) == 0
+    assert {r["kind"]: r["classes"] for r in json.loads(capsys.readouterr().out)}["folder"] is None
+    assert main(["datasets"]) == 0
+    assert "from its classes file" in capsys.readouterr().out
+    costs = ["profile", "segformer_micro", "--dataset", "folder", "--size", "32x32", "--runs", "0", "--no-fvcore",
+             "--json"]
+    assert main(costs + ["--root", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["num_classes"] == 4
+    assert main(costs) == 2
+    assert "--root DIR" in capsys.readouterr().err

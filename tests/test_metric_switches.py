@@ -44,3 +44,22 @@ def test_boundary_dilation_is_checked_at_load(tmp_path, value):
     text = SUITE.replace("boundary_dilation: 0.05", f"boundary_dilation: {value}")
     with pytest.raises(SuiteError, match="boundary_dilation"):
         load_suite(write(tmp_path, text))
+
+
+def test_eval_command_switches_map_to_the_suite_fields(tmp_path, capsys):
+    from segbench.cli import _eval_suite, build_parser, main
+
+    def spec(*flags):
+        args = build_parser().parse_args(["eval", "segformer_micro", "--dataset", "synthetic", "--random-weights",
+                                          *flags])
+        return _eval_suite(args).evaluate[0]
+
+    default = spec()
+    assert (default.boundary, default.calibration, default.boundary_dilation) == (True, True, 0.02)
+    off = spec("--no-boundary", "--no-calibration")
+    assert (off.boundary, off.calibration) == (False, False)
+    assert spec("--boundary-dilation", "0.05").boundary_dilation == 0.05
+    with pytest.raises(SuiteError, match="boundary_dilation"):
+        spec("--boundary-dilation", "1.5")
+    assert main(["eval", "--predictions", str(tmp_path), "--dataset", "synthetic", "--no-boundary"]) == 2
+    assert "apply to a model run" in capsys.readouterr().err

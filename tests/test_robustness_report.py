@@ -73,3 +73,27 @@ def test_the_summarys_relative_mcd_leaves_the_unstable_corruptions_out(tmp_path,
     (section,) = robustness.sections([], tmp_path, tmp_path)
     assert ("Relative CD is unstable where ref loses less than 2.5 mIoU points (mean over the severities) against "
             "its clean mIoU: motion_blur; the relative mCD averages the other 1 of 2 corruptions.") in section.text
+
+
+def test_the_section_shows_mbiou_and_ece_per_cell_where_records_have_them(tmp_path):
+    from report_records import corruption_record
+
+    grid = {"fog": [1, 3], "motion_blur": [1]}
+
+    def cell(i, model, corruption, severity, biou=None, ece=None):
+        extra = {**({"boundary": {"mBIoU": biou}} if biou is not None else {}),
+                 **({"calibration": {"ECE": ece}} if ece is not None else {})}
+        return corruption_record(f"j{i}", model, corruption, severity, 50.0, grid, **extra)
+
+    records = [cell(0, "new", "clean", 0, 40.0, 2.0), cell(1, "new", "fog", 1, 30.0, 4.0),
+               cell(2, "new", "fog", 3, 20.0, 8.0), cell(3, "new", "motion_blur", 1, 35.0),  # no ECE: missing
+               *(cell(4 + i, "old", c, s) for i, (c, s) in enumerate([("clean", 0), ("fog", 1), ("fog", 3),
+                                                                        ("motion_blur", 1)]))]
+    (section,) = robustness.sections(records, tmp_path, tmp_path)
+    table = next(t for t in section.tables if t.name == "robustness_boundary_calibration").frame
+    assert list(table.columns) == ["model", "metric", "Clean", "Weather Fog", "Blur Motion"]
+    assert [tuple(r) for r in table[["model", "metric", "Clean", "Weather Fog"]].itertuples(index=False)] == [
+        ("new", "mBIoU", 40.0, 25.0), ("new", "ECE", 2.0, 6.0)]  # the records without them: no rows
+    assert table.iloc[0]["Blur Motion"] == 35.0 and math.isnan(table.iloc[1]["Blur Motion"])
+    assert not [t for t in robustness.sections(records[4:], tmp_path, tmp_path)[0].tables
+                if t.name == "robustness_boundary_calibration"]

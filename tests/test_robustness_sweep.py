@@ -179,3 +179,24 @@ def test_a_missing_cache_is_listed_with_the_other_missing_inputs(tmp_path):
     suite = load_suite(write_suite(tmp_path, **{"reference: b": "reference: b\n    root: /nonexistent"}))
     (problem,) = missing_files(suite)
     assert "corruption[0].root: /nonexistent has no manifest.json" in problem
+
+
+def test_a_changed_reference_reaches_the_reused_records_and_the_report(tmp_path, monkeypatch):
+    suite = load_suite(write_suite(tmp_path))
+    run_suite(suite)
+    before = {p.name: p.stat().st_mtime_ns for p in suite.results_dir.glob("*.json")}
+    calls = counting(monkeypatch)
+    run_suite(suite)  # unchanged suite: the records are not rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in suite.results_dir.glob("*.json")} == before
+
+    changed = load_suite(write_suite(tmp_path, **{"reference: b": "reference: a"}))
+    records = run_suite(changed)
+    assert calls == [] and all(r["skipped"] for r in records)  # nothing recomputed
+    stored = load_records(changed.results_dir)
+    assert len(stored) == 10 and {r["sweep"]["reference"] for r in stored} == {"a"}
+    (sweep,) = collect_sweeps(stored, changed.results_dir)
+    assert sweep.reference == "a" and sweep.scores("a")["mCD"] == pytest.approx(100.0)
+    report.render(changed.results_dir, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "mCD vs a" in text and "mCD vs b" not in text
+    assert "Boundary IoU and calibration under corruption" in text  # the cells carry mBIoU and ECE

@@ -57,6 +57,11 @@ def test_shipped_suites_are_valid():
     (("name: t\n", ""), r"suite.yaml:1: missing required key 'name'"),
     (("  syn: {kind: synthetic, options: {num_images: 4}}", "  syn: {kind: imagenet}"),
      r"suite.yaml:3: datasets.syn.kind: unknown dataset kind 'imagenet'"),
+    (("{num_images: 4}}", "{num_images: 4, colour: red}}"),
+     r"suite.yaml:3: datasets.syn.options.colour: dataset 'synthetic': unknown option 'colour'; allowed: "),
+    (("  syn: {kind: synthetic, options: {num_images: 4}}",
+      "  syn:\n    kind: synthetic\n    options:\n      num_images: 4\n      seed: one"),
+     r"suite.yaml:7: datasets.syn.options.seed: dataset 'synthetic': option 'seed': expected int, got 'one'"),
 ])
 def test_bad_suites_name_the_line_and_field(tmp_path, edit, message):
     with pytest.raises(SuiteError, match=message):

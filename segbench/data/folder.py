@@ -171,7 +171,8 @@ class FolderDataset(SegDataset):
     @classmethod
     def class_names_for(cls, root, classes: str = "classes.yaml", **options) -> tuple[str, ...]:
         if root is None:
-            raise DatasetError("folder: no root given. Set the dataset's `root` in the suite")
+            raise DatasetError("folder: no root given: its class names come from its classes file. Set the dataset's "
+                               "`root` in the suite (a command's --root DIR; `segbench profile` also takes --num-classes N)")
         return read_classes(Path(root) / classes)["names"]
 
     def _scan(self, root: Path, split: str, images: str, labels: str, instances: str | None,

@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 
 from segbench.report.document import Figure, Section  # noqa: E402
 from segbench.report.plots import save_figure  # noqa: E402
-from segbench.report.tables import Table  # noqa: E402
+from segbench.report.tables import Table, finished, number  # noqa: E402
 from segbench.robustness.corruptions import CORRUPTION_GROUPS, GROUP_OF, CorruptionError  # noqa: E402
 from segbench.robustness.scores import MIN_REFERENCE_DROP  # noqa: E402
 from segbench.robustness.sweep import CLEAN, Sweep, collect_sweeps  # noqa: E402
@@ -66,6 +66,32 @@ def table5(sweep: Sweep, scores: dict[str, dict]) -> pd.DataFrame:
             rows.append({"model": model, "source": "paper (SegFormer Table 5)", "Clean": paper.get(CLEAN, math.nan),
                          **{column(c): paper.get(c, math.nan) for c in sweep.grid}})
     return pd.DataFrame(rows, columns=columns)
+
+
+# the added metrics a corruption cell's record can carry: table row name -> reader of its metrics
+CELL_METRICS = {"mBIoU": lambda m: (m.get("boundary") or {}).get("mBIoU"),
+                "ECE": lambda m: (m.get("calibration") or {}).get("ECE")}
+
+
+def boundary_calibration(sweep: Sweep, records: list[dict]) -> pd.DataFrame:
+    """Rows: model x (mBIoU, ECE) where its cells carry them; columns: Table 5's, each the mean
+    over the severities swept (missing where a severity has no value)."""
+    values: dict[tuple[str, str], dict[tuple[str, int], float]] = {}
+    for r in finished(records, "corruption"):
+        if r["sweep"]["key"] == sweep.key:
+            for metric, read in CELL_METRICS.items():
+                value = number(read(r["metrics"]))
+                if not math.isnan(value):
+                    values.setdefault((r["model"], metric), {})[r["corruption"], r["severity"]] = value
+    rows = []
+    for model in sweep.models:
+        for metric in CELL_METRICS:
+            cells = values.get((model, metric))
+            if cells:
+                rows.append({"model": model, "metric": metric, "Clean": cells.get((CLEAN, 0), math.nan),
+                             **{column(c): sum(cells.get((c, s), math.nan) for s in ss) / len(ss)
+                                for c, ss in sweep.grid.items()}})
+    return pd.DataFrame(rows, columns=["model", "metric", "Clean", *(column(c) for c in sweep.grid)])
 
 
 def summary(sweep: Sweep, scores: dict[str, dict]) -> pd.DataFrame:
@@ -162,6 +188,12 @@ def sections(records: list[dict], results_dir: Path, out: Path) -> list[Section]
                                  table5(sweep, scores), "mIoU (%); paper rows where the paper reports the model."),
                            Table(f"robustness_summary{suffix}", "Robustness aggregates", summary(sweep, scores),
                                  "Per group, mPC, rPC and CD, in %.")])
+        cell_metrics = boundary_calibration(sweep, records)
+        if not cell_metrics.empty:
+            section.tables.append(Table(f"robustness_boundary_calibration{suffix}",
+                                        "Boundary IoU and calibration under corruption", cell_metrics,
+                                        "mBIoU and ECE (%) per cell, averaged over its severities like the mIoU "
+                                        "table; missing where a severity's record has none."))
         unstable = sorted({c for s in scores.values() for c in s.get("relative_CD_unstable", ())})
         if unstable:
             section.text += (f" Relative CD is unstable where {sweep.reference} loses less than {MIN_REFERENCE_DROP:g} "
