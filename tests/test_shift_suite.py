@@ -38,7 +38,7 @@ def test_shift_suite_small_model(tmp_path, monkeypatch, capsys):
     document = json.loads(capsys.readouterr().out)
     records = document["records"]
     assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
-    evals = {r["dataset"]: r for r in records if r["kind"] == "eval"}
+    evals = {f"{r['dataset']}/{r['split']}": r for r in records if r["kind"] == "eval"}
     assert set(evals) == {"cityscapes/val", *(f"acdc/{c}/val" for c in conditions), "dark_zurich/val"}
     for record in records:
         if record["kind"] in ("eval", "corruption"):
