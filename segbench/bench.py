@@ -81,7 +81,8 @@ class Settings:
     compile: bool = False
     matmul_size: int | None = None  # default: 2048 on CPU, 8192 on CUDA
     scale: bool = True  # the bench_pipeline measurements (mmseg loop, corruption generation, memory)
-    scale_images: int = 2  # ADE-like images per mmseg-comparison loop and per corruption run
+    scale_images: int = 2  # ADE-like images per mmseg-comparison loop
+    corruption_images: int = 8  # images per corruption run (x 16 corruptions): enough to amortise worker start-up
     scale_rounds: int = 3
     quick: bool = False
 
@@ -397,7 +398,8 @@ def run_bench(settings: Settings, progress=None) -> dict:
     scale = None
     if settings.scale:
         with tempfile.TemporaryDirectory() as folder:
-            scale = bench_scale(Path(folder), settings.quick, settings.scale_images, settings.scale_rounds, step)
+            scale = bench_scale(Path(folder), settings.quick, settings.scale_images, settings.scale_rounds, step,
+                                    settings.corruption_images)
     return {"settings": asdict(settings), "torch": torch.__version__, "device_name": device_name(device),
             "threads": torch.get_num_threads(), "load_average": {"before": load_before, "after": os.getloadavg()},
             "matmul": rate, "comparisons": comparisons, "pipelines": pipelines, "added_metrics": added_metrics,

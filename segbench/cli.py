@@ -428,12 +428,13 @@ def cmd_bench(args) -> int:
 
     overrides = {k: v for k, v in {"size": args.size, "rounds": args.rounds, "calls": args.calls,
                                    "images": args.images}.items() if v is not None}
-    if any(v < 1 for v in [*overrides.values(), args.scale_images, args.scale_rounds]):
-        raise UsageError("segbench bench: --size, --rounds, --calls, --images, --scale-images and --scale-rounds "
-                         "must be at least 1")
+    if any(v < 1 for v in [*overrides.values(), args.scale_images, args.scale_rounds, args.corruption_images]):
+        raise UsageError("segbench bench: --size, --rounds, --calls, --images, --scale-images, --scale-rounds "
+                         "and --corruption-images must be at least 1")
     device = resolve_device(args.device)
     common = {"device": device, "workers": args.workers, "amp": args.amp, "compile": args.compile,
               "scale": not args.no_scale, "scale_images": args.scale_images, "scale_rounds": args.scale_rounds,
+              "corruption_images": args.corruption_images,
               **overrides}
     settings = quick_settings(**common) if args.quick else Settings(**common)
     console = _console()
@@ -523,14 +524,15 @@ def _print_scale(out, scale: dict) -> None:
         out.print(table)
     c = scale["corruption"]
     ips = c["images_per_second"]
-    png = ", ".join(f"level {k}: {v['seconds_per_image'] * 1e3:.0f} ms, {v['bytes_per_image'] / 1e6:.2f} MB"
+    png = ", ".join(f"{k}: {v['seconds_per_image'] * 1e3:.0f} ms, {v['bytes_per_image'] / 1e6:.2f} MB"
                     for k, v in c["png_encoding"].items())
     out.print(f"corruption generation ({c['images']} images {c['image_size'][0]}x{c['image_size'][1]} x "
               f"{len(c['corruptions'])} corruptions at severity {c['severity']}, median of {c['rounds']} rounds): "
               f"plain imagecorruptions loop {ips['plain']:.2f} images/s, segbench corrupt {ips['workers_1']:.2f} (1 worker, "
               f"overhead {_percent(c['overhead'])}), {ips['workers_2']:.2f} (2 workers, "
-              f"{c['two_workers_speedup']:.2f}x one worker; {c['cpu_count']} cores, load average "
-              f"{c['load_average'][0]:.1f}); PNG per image ({png}), the manifest's level {c['png_compress_level']}",
+              f"{c['two_workers_speedup']:.2f}x one worker; CPU time: overhead {_percent(c['cpu_overhead'])}, 2 workers "
+              f"{_percent(c['two_workers_extra_cpu'])} over 1; {c['cpu_count']} cores, load average "
+              f"{c['load_average'][0]:.1f}); PNG per image ({png}); segbench's: {c['png_encoder']}",
               highlight=False)
     m = scale["memory"]
     small, large = m["runs"]
@@ -804,7 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scale", action="store_true", help="skip the loop against mmsegmentation, corruption "
                                                             "generation and memory measurements")
     p.add_argument("--scale-images", type=int, default=2, help="ADE-like images per loop against mmsegmentation "
-                                                               "and per corruption run (default 2)")
+                                                               "(default 2)")
+    p.add_argument("--corruption-images", type=int, default=8, help="images per corruption-generation run, each "
+                                                                    "x 16 corruptions (default 8)")
     p.add_argument("--scale-rounds", type=int, default=3, help="interleaved rounds of those comparisons (default 3)")
     p.add_argument("--out", metavar="BENCH.json", help="also write the results as JSON")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

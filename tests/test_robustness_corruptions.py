@@ -3,6 +3,7 @@ and worker counts, resuming, and dataset layouts (synthetic/ADE, Cityscapes)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -186,6 +187,26 @@ def test_a_torn_journal_line_is_ignored_and_other_library_versions_are_refused(t
     versions = corruptions.library_versions()
     monkeypatch.setattr(corruptions, "library_versions", lambda: {**versions, "numpy": "0.0"})
     with pytest.raises(CorruptionError, match="different versions"):
+        generate("synthetic", "val", None, tmp_path, grid, max_images=1)
+
+
+
+def test_the_png_encoder_is_lossless_and_a_cache_from_another_encoder_is_refused(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)  # odd sizes, no structure to exploit
+    smooth = np.broadcast_to(np.arange(53, dtype=np.uint8)[None, :, None], (37, 53, 3))  # not contiguous either
+    for image in (noisy, smooth, corrupt_image(np.ascontiguousarray(smooth), "x", "fog", 3)):
+        data = corruptions.encode_png(image)
+        with Image.open(io.BytesIO(data)) as decoded:
+            assert decoded.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(decoded), image)
+        assert corruptions.encode_png(image.copy()) == data
+
+    grid = corruption_grid(["contrast"], [1])
+    generate("synthetic", "val", None, tmp_path, grid, max_images=1)
+    assert read_manifest(tmp_path)["png_encoder"] == corruptions.PNG_ENCODER
+    monkeypatch.setattr(corruptions, "PNG_ENCODER", {**corruptions.PNG_ENCODER, "compression": 6})
+    with pytest.raises(CorruptionError, match="different png_encoder"):
         generate("synthetic", "val", None, tmp_path, grid, max_images=1)
 
 

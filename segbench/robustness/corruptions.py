@@ -35,13 +35,14 @@ process's (sources and images sorted by key).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
+import sys
 import time
 import zlib
 from importlib import metadata
@@ -67,11 +68,13 @@ GROUP_OF = {name: group for group, names in CORRUPTION_GROUPS.items() for name i
 SEEDED_BY_ARGUMENT = ("impulse_noise", "glass_blur")  # imagecorruptions-imaug's seed= argument
 SEED_RULE = 'int.from_bytes(sha256(f"{image_id}/{corruption}/{severity}".encode()).digest()[:4], "big")'
 MANIFEST_FORMAT = 1
-# zlib level of the PNGs; stored in the manifest since it changes the bytes. Measured on
-# 1024x2048 corrupted images (one of each corruption, severity 3): Pillow's default 6 took
-# about 0.7x as long as the corruptions themselves, level 1 a quarter of that, for files
-# about 10 % larger (`segbench bench` prints both levels' cost, README "Scale").
-PNG_COMPRESS_LEVEL = 1
+# How the PNGs are encoded; stored in the manifest since it changes the bytes (not the
+# pixels). Chosen on 512x1024 corrupted images (one of each corruption, severity 3; `segbench
+# bench` prints the comparison, README "Scale"): OpenCV's libpng with the Sub filter on every
+# row and Huffman-only zlib took about a third of Pillow's time at zlib level 1 (whose adaptive
+# per-row filter choice and LZ77 matching are the cost), for files about 6 % smaller; noise
+# leaves LZ77 little to match, the Sub filter makes smooth regions cheap to Huffman-code.
+PNG_ENCODER = {"library": "opencv", "compression": 1, "strategy": "huffman_only", "filter": "sub"}
 
 
 class CorruptionError(SegbenchError, ValueError):
@@ -155,7 +158,13 @@ def library_versions() -> dict[str, str]:
     return {"imagecorruptions": dist("imagecorruptions-imaug") or dist("imagecorruptions"),
             "numpy": np.__version__, "scipy": scipy.__version__, "scikit-image": skimage.__version__,
             "opencv": cv2.__version__, "pillow": Image.__version__, "numba": dist("numba"),
-            "zlib": zlib.ZLIB_RUNTIME_VERSION, "python": platform.python_version()}
+            "zlib": zlib.ZLIB_RUNTIME_VERSION, "opencv_libpng": _opencv_libpng(cv2), "python": platform.python_version()}
+
+
+def _opencv_libpng(cv2) -> str | None:
+    """The libpng OpenCV was built with (the PNG bytes depend on it and its zlib), from its build information."""
+    match = re.search(r"^\s*PNG:.*\(ver ([^)]+)\)", cv2.getBuildInformation(), re.MULTILINE)
+    return match.group(1) if match else None
 
 
 # --------------------------------------------------------------------------- manifest
@@ -217,7 +226,7 @@ def _fold_journal(out: Path, name: str) -> None:
 
 
 def _check_compatible(old: dict, new: dict, path: Path) -> None:
-    for key in ("format", "dataset", "seed_rule", "versions", "png_compress_level"):
+    for key in ("format", "dataset", "seed_rule", "versions", "png_encoder"):
         if old.get(key) != new.get(key):
             raise CorruptionError(
                 f"{path}: this folder was generated with a different {key} "
@@ -231,13 +240,25 @@ def _check_compatible(old: dict, new: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- generation
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 RGB -> PNG bytes as :data:`PNG_ENCODER` says (lossless)."""
+    import cv2
+
+    params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_ENCODER["compression"],
+              cv2.IMWRITE_PNG_STRATEGY, getattr(cv2, f"IMWRITE_PNG_STRATEGY_{PNG_ENCODER['strategy'].upper()}"),
+              cv2.IMWRITE_PNG_FILTER, getattr(cv2, f"IMWRITE_PNG_FILTER_{PNG_ENCODER['filter'].upper()}")]
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"cv2.imencode failed on an image of shape {image.shape} and dtype {image.dtype}")
+    return buffer.tobytes()
+
+
 def _write_png_atomic(path: Path, image: np.ndarray) -> str:
     """Encode, write atomically; the sha256 of the bytes written (no second read of the file)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    data = encode_png(image)
     with atomic_write(path) as f:
-        f.write(buffer.getbuffer())
-    return hashlib.sha256(buffer.getbuffer()).hexdigest()
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _link(source: Path, target: Path) -> None:
@@ -261,10 +282,14 @@ def _init_worker(kind: str, split: str, root: str, options: dict) -> None:
     _worker_dataset, _worker_image = build_dataset(kind, split, root, **options), None
 
 
-def _init_pool_worker(*dataset_args) -> None:
+def _init_forked_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+def _init_spawned_worker(*dataset_args) -> None:
     import cv2
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    _init_forked_worker()
     cv2.setNumThreads(1)  # the worker processes are the parallelism
     _init_worker(*dataset_args)
 
@@ -343,7 +368,7 @@ def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, gr
     manifest_file = out / _manifest_name(shard)
     manifest = {"format": MANIFEST_FORMAT, "dataset": {"kind": kind, "split": split, "options": options},
                 "source_root": str(root_path), "seed_rule": SEED_RULE, "versions": library_versions(),
-                "png_compress_level": PNG_COMPRESS_LEVEL,
+                "png_encoder": PNG_ENCODER,
                 "sources": {name: {k: v for k, v in s.items() if k != "index"} for name, s in sources.items()},
                 "images": {}}
     old = read_manifest(out)
@@ -395,7 +420,13 @@ def generate(kind: str, split: str, root: str | None, out: str | os.PathLike, gr
 
 
 def _run_tasks(tasks: list, workers: int, dataset_args: tuple):
-    """Yield :func:`_corrupt_to_file`'s result per task, in this process or in ``workers`` spawned ones."""
+    """Yield :func:`_corrupt_to_file`'s result per task, in this process or in ``workers`` others.
+
+    On Linux the workers are forked from this process once it has the dataset, the libraries
+    and the grid's numba functions (glass_blur compiles for ~4 s) loaded: spawned workers each
+    paid all of that again before their first image. Elsewhere (fork is unsafe on macOS, absent
+    on Windows) they are spawned. Tasks are single outputs, handed out one at a time in
+    whatever order workers free up, so both cores stay busy to the last few outputs."""
     global _worker_dataset, _worker_image
     if workers <= 1 or len(tasks) <= 1:
         _init_worker(*dataset_args)
@@ -404,6 +435,22 @@ def _run_tasks(tasks: list, workers: int, dataset_args: tuple):
         finally:
             _worker_dataset = _worker_image = None
         return
-    # spawn: the same start method on every platform, and no forked copy of the parent's threads
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), _init_pool_worker, dataset_args) as pool:
-        yield from pool.imap_unordered(_corrupt_to_file, tasks)
+    processes = min(workers, len(tasks))
+    if not sys.platform.startswith("linux"):
+        with multiprocessing.get_context("spawn").Pool(processes, _init_spawned_worker, dataset_args) as pool:
+            yield from pool.imap_unordered(_corrupt_to_file, tasks)
+        return
+    import cv2
+
+    # Before forking: OpenCV's thread pool does not survive a fork (see
+    # segbench.data.loader.opencv_single_threaded, not imported here: its module loads torch, ~2.5 s).
+    cv2.setNumThreads(1)
+    _init_worker(*dataset_args)
+    tiny = np.zeros((64, 64, 3), np.uint8)
+    for corruption, severity in sorted({(c, s) for _, _, c, s, _ in tasks}):
+        corrupt_image(tiny, "warm-up", corruption, severity)  # loads files, compiles numba once, for all workers
+    try:
+        with multiprocessing.get_context("fork").Pool(processes, _init_forked_worker) as pool:
+            yield from pool.imap_unordered(_corrupt_to_file, tasks)
+    finally:
+        _worker_dataset = _worker_image = None
