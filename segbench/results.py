@@ -25,7 +25,7 @@ import numpy as np
 
 from segbench.errors import ResultsError
 from segbench.files import atomic_write
-from segbench.identity import ID_VERSION, file_sha256  # noqa: F401  (file_sha256: one helper for every caller)
+from segbench.identity import ID_VERSION
 
 SCHEMA_VERSION = 2  # 2: `dataset` without its split and `split` a field of its own in every kind; id_version
 

@@ -85,6 +85,16 @@ def _open_image(path: Path) -> Image.Image:
                            "is the file complete and really an image?") from None
 
 
+def opencv_single_threaded() -> None:
+    """Call before forking worker processes (data loaders, evaluation readers, corruption workers). OpenCV's thread pool does not survive a fork: a
+    worker that touches it (even through ``cv2.setNumThreads``) can wait forever on threads
+    that exist only in the parent. With one OpenCV thread in the parent there is no pool to
+    inherit; the worker processes are the parallelism."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def read_image(path: Path) -> np.ndarray:
     """Any PIL-readable image as (H, W, 3) uint8 RGB (grayscale and RGBA are converted)."""
     return np.asarray(_open_image(path).convert("RGB"))

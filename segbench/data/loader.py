@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from segbench.data.datasets import SegDataset
+from segbench.data.datasets import SegDataset, opencv_single_threaded
 from segbench.data.transforms import train_augment
 
 _EPOCH, _SAMPLE = 0, 1  # keep the two kinds of seeds apart
@@ -55,16 +55,6 @@ class IterationBatches(torch.utils.data.Dataset):
         x = torch.from_numpy(np.stack(images)).view(self.micro_batches, -1, 3, *crop)
         y = torch.from_numpy(np.stack(labels)).long().view(self.micro_batches, -1, *crop)
         return x, y
-
-
-def opencv_single_threaded() -> None:
-    """Call before forking worker processes. OpenCV's thread pool does not survive a fork: a
-    worker that touches it (even through ``cv2.setNumThreads``) can wait forever on threads
-    that exist only in the parent. With one OpenCV thread in the parent there is no pool to
-    inherit; the worker processes are the parallelism."""
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 def loader(batches: IterationBatches, start: int, stop: int, workers: int, pin_memory: bool = False

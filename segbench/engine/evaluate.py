@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from segbench import dist
-from segbench.data.datasets import IGNORE_INDEX, DatasetError, Sample, SegDataset, identity_lut, map_ids, read_id_map
-from segbench.data.loader import opencv_single_threaded
+from segbench.data.datasets import (IGNORE_INDEX, DatasetError, Sample, SegDataset, identity_lut, map_ids,
+                                    opencv_single_threaded, read_id_map)
 from segbench.devices import synchronize
 from segbench.engine.inference import Protocol, inference_model, precision, predict, resize_views
 from segbench.metrics.boundary import DILATION_RATIO, BoundaryIoU

@@ -53,7 +53,8 @@ from PIL import Image
 
 from segbench.errors import SegbenchError
 from segbench.files import atomic_write
-from segbench.results import file_sha256, write_json_atomic
+from segbench.identity import file_sha256
+from segbench.results import write_json_atomic
 from segbench.sharding import deal
 
 # SegFormer Table 5's columns, in its order (blur, noise, digital, weather).
@@ -287,10 +288,10 @@ def _init_forked_worker() -> None:
 
 
 def _init_spawned_worker(*dataset_args) -> None:
-    import cv2
+    from segbench.data.datasets import opencv_single_threaded
 
     _init_forked_worker()
-    cv2.setNumThreads(1)  # the worker processes are the parallelism
+    opencv_single_threaded()  # the worker processes are the parallelism
     _init_worker(*dataset_args)
 
 
@@ -440,11 +441,9 @@ def _run_tasks(tasks: list, workers: int, dataset_args: tuple):
         with multiprocessing.get_context("spawn").Pool(processes, _init_spawned_worker, dataset_args) as pool:
             yield from pool.imap_unordered(_corrupt_to_file, tasks)
         return
-    import cv2
+    from segbench.data.datasets import opencv_single_threaded
 
-    # Before forking: OpenCV's thread pool does not survive a fork (see
-    # segbench.data.loader.opencv_single_threaded, not imported here: its module loads torch, ~2.5 s).
-    cv2.setNumThreads(1)
+    opencv_single_threaded()  # before forking: OpenCV's thread pool does not survive a fork
     _init_worker(*dataset_args)
     tiny = np.zeros((64, 64, 3), np.uint8)
     for corruption, severity in sorted({(c, s) for _, _, c, s, _ in tasks}):

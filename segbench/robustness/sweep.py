@@ -23,7 +23,7 @@ from PIL import Image
 
 from segbench.data.datasets import Sample, SegDataset, read_image
 from segbench.files import atomic_write
-from segbench.results import file_sha256
+from segbench.identity import file_sha256
 from segbench.robustness.corruptions import CorruptionError, corrupt_image, image_id, pixels_sha256, read_manifest
 from segbench.robustness.scores import corruption_degradation, robustness_scores, severity_curves
 
