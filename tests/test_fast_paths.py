@@ -215,3 +215,15 @@ def test_compiled_model_computes_the_same_logits():
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert (inference_model(model, compile=True)(x) - model(x)).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_all_finite_finds_every_non_finite_value_in_either_layout(bad, layout):
+    from segbench.engine.evaluate import all_finite
+
+    logits = torch.randn(1, 5, 7, 9).contiguous(memory_format=layout)
+    if bad is not None:
+        logits[0, 3, 6, 8] = bad  # the last pixel of a middle class: the end of neither layout
+    scores = logits[0]
+    assert all_finite(scores) == bool(torch.isfinite(scores).all()) == (bad is None)
