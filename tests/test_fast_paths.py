@@ -178,6 +178,40 @@ def test_windows_batched_across_scales_and_flips_equal_one_window_at_a_time():
     assert all(model.inference_modes)  # predict runs under torch.inference_mode
 
 
+class LayoutConvNet(TinyConvNet):
+    """TinyConvNet's logits in a chosen memory layout."""
+
+    def __init__(self, layout):
+        super().__init__()
+        self.layout = layout
+
+    def forward(self, x):
+        return super().forward(x).contiguous(memory_format=self.layout)
+
+
+@pytest.mark.parametrize("protocol", [Protocol(scales=(0.5, 1.0, 1.5), flip=True), Protocol(test_scale=(60, 40)),
+                                      Protocol(mode="slide", window=32, stride=20, scales=(0.75, 1.25), flip=True)],
+                         ids=["whole multi-scale flip", "whole resized", "slide multi-scale flip"])
+def test_scores_do_not_depend_on_the_logits_memory_layout(protocol):
+    # predict takes channels-last logits through their own fast paths (slices that keep the
+    # layout, softmax over the innermost dimension): the numbers must not change with them
+    img = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    plain, last = (predict(LayoutConvNet(layout), img, protocol, 5)
+                   for layout in (torch.contiguous_format, torch.channels_last))
+    assert plain.shape == last.shape == (5, 50, 70)
+    torch.testing.assert_close(last, plain, rtol=0, atol=1e-6)
+    if protocol.is_multiview:
+        torch.testing.assert_close(last.sum(0), torch.ones(50, 70))  # a mean of probabilities
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_softmax_is_the_softmax_over_the_classes(layout):
+    from segbench.engine.inference import channel_softmax
+
+    scores = (torch.randn(1, 6, 5, 7) * 10).contiguous(memory_format=layout)[0]
+    torch.testing.assert_close(channel_softmax(scores), scores.softmax(0), rtol=0, atol=1e-7)
+
+
 def test_workers_give_the_same_results_as_the_loop():
     dataset = Synthetic("val", num_images=4)
     model = create_model("segformer_micro", num_classes=dataset.num_classes)

@@ -39,12 +39,10 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import shutil
 import signal
 import sys
 import time
-import zlib
 from importlib import metadata
 from pathlib import Path
 
@@ -70,12 +68,14 @@ SEEDED_BY_ARGUMENT = ("impulse_noise", "glass_blur")  # imagecorruptions-imaug's
 SEED_RULE = 'int.from_bytes(sha256(f"{image_id}/{corruption}/{severity}".encode()).digest()[:4], "big")'
 MANIFEST_FORMAT = 1
 # How the PNGs are encoded; stored in the manifest since it changes the bytes (not the
-# pixels). Chosen on 512x1024 corrupted images (one of each corruption, severity 3; `segbench
-# bench` prints the comparison, README "Scale"): OpenCV's libpng with the Sub filter on every
-# row and Huffman-only zlib took about a third of Pillow's time at zlib level 1 (whose adaptive
-# per-row filter choice and LZ77 matching are the cost), for files about 6 % smaller; noise
-# leaves LZ77 little to match, the Sub filter makes smooth regions cheap to Huffman-code.
-PNG_ENCODER = {"library": "opencv", "compression": 1, "strategy": "huffman_only", "filter": "sub"}
+# pixels; its version is under `versions`). Chosen on 512x1024 corrupted images (one of each
+# corruption, severity 3; `segbench bench` prints the comparison, README "Scale"): fpng's
+# single-pass encoder (one fixed row filter, its own deflate, no zlib or libpng) took about a
+# tenth of the fastest libpng setting measured (OpenCV, Sub filter, Huffman-only zlib level 1),
+# which was itself a third of Pillow's level 1, for files about 10 % larger. Encoding had been
+# most of `segbench corrupt`'s overhead over the corruptions themselves. The bytes depend on
+# fpng alone, not on the zlib and libpng a platform's OpenCV or Pillow was built with.
+PNG_ENCODER = {"library": "fpng", "function": "fpng_ext.encode_ndarray"}
 
 
 class CorruptionError(SegbenchError, ValueError):
@@ -159,13 +159,7 @@ def library_versions() -> dict[str, str]:
     return {"imagecorruptions": dist("imagecorruptions-imaug") or dist("imagecorruptions"),
             "numpy": np.__version__, "scipy": scipy.__version__, "scikit-image": skimage.__version__,
             "opencv": cv2.__version__, "pillow": Image.__version__, "numba": dist("numba"),
-            "zlib": zlib.ZLIB_RUNTIME_VERSION, "opencv_libpng": _opencv_libpng(cv2), "python": platform.python_version()}
-
-
-def _opencv_libpng(cv2) -> str | None:
-    """The libpng OpenCV was built with (the PNG bytes depend on it and its zlib), from its build information."""
-    match = re.search(r"^\s*PNG:.*\(ver ([^)]+)\)", cv2.getBuildInformation(), re.MULTILINE)
-    return match.group(1) if match else None
+            "fpng": dist("fpng"), "python": platform.python_version()}
 
 
 # --------------------------------------------------------------------------- manifest
@@ -243,15 +237,9 @@ def _check_compatible(old: dict, new: dict, path: Path) -> None:
 
 def encode_png(image: np.ndarray) -> bytes:
     """(H, W, 3) uint8 RGB -> PNG bytes as :data:`PNG_ENCODER` says (lossless)."""
-    import cv2
+    import fpng
 
-    params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_ENCODER["compression"],
-              cv2.IMWRITE_PNG_STRATEGY, getattr(cv2, f"IMWRITE_PNG_STRATEGY_{PNG_ENCODER['strategy'].upper()}"),
-              cv2.IMWRITE_PNG_FILTER, getattr(cv2, f"IMWRITE_PNG_FILTER_{PNG_ENCODER['filter'].upper()}")]
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise RuntimeError(f"cv2.imencode failed on an image of shape {image.shape} and dtype {image.dtype}")
-    return buffer.tobytes()
+    return fpng.fpng_ext.encode_ndarray(np.ascontiguousarray(image))
 
 
 def _write_png_atomic(path: Path, image: np.ndarray) -> str:
