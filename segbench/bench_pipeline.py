@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 from segbench.data import synthetic
-from segbench.data.datasets import CITYSCAPES_LUT, build_dataset
+from segbench.data.datasets import CITYSCAPES_LUT, build_dataset, opencv_single_threaded
 from segbench.engine.evaluate import SegmentationEvaluator, evaluate
 from segbench.engine.inference import predict
 from segbench.engine.protocols import MS_RATIOS, paper_protocol
@@ -433,14 +433,34 @@ def bench_against_mmseg(folder: Path, settings: PipelineSettings, progress=None)
 CORRUPTION_BENCH_SEVERITY = 3  # one severity of every corruption: the grid's mix of costs
 
 
-def _plain_corruption_loop(images: list[np.ndarray], grid: list[tuple[str, int]]) -> float:
-    """imagecorruptions.corrupt on decoded images, results discarded: the library's own cost."""
+def _plain_corruption_loop(jobs: list[tuple[np.ndarray, str, int]]) -> float:
+    """imagecorruptions.corrupt on (decoded image, corruption, severity), results discarded:
+    the library's own cost."""
     from imagecorruptions import corrupt
 
     start = time.perf_counter()
-    for image in images:
-        for corruption, severity in grid:
-            corrupt(image, severity=severity, corruption_name=corruption)
+    for image, corruption, severity in jobs:
+        corrupt(image, severity=severity, corruption_name=corruption)
+    return time.perf_counter() - start
+
+
+def _plain_corruption_loop_in_two(shares: list[list[tuple[np.ndarray, str, int]]]) -> float | None:
+    """The plain loop on each share of the jobs in its own forked process, and nothing else:
+    how far this machine's two cores let any two workers go (two vCPUs that are one core's
+    hyperthreads, or a busy host, give well under 2x). None where processes cannot be forked."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("fork")  # the jobs' images are inherited, not pickled
+    start = time.perf_counter()
+    processes = [context.Process(target=_plain_corruption_loop, args=(share,)) for share in shares]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    if any(process.exitcode != 0 for process in processes):
+        raise RuntimeError(f"a plain corruption process failed (exit codes {[p.exitcode for p in processes]})")
     return time.perf_counter() - start
 
 
@@ -486,34 +506,39 @@ def png_encoding(images: list[np.ndarray]) -> dict:
 def bench_corruption(folder: Path, images: int = 2, shape: tuple[int, int] = (512, 1024), rounds: int = 3,
                      corruptions=None) -> dict:
     """``segbench corrupt`` (1 and 2 workers) against the plain loop on the same decoded
-    images, in interleaved rounds; each run writes a fresh folder."""
+    images, and the plain loop split over 2 processes (the machine's own 2-core scaling), in
+    interleaved rounds; each run writes a fresh folder."""
     from segbench.robustness.corruptions import CORRUPTIONS, PNG_ENCODER, corrupt_image, generate
 
     names = tuple(corruptions or CORRUPTIONS)
     root = write_ade_like(folder / "source", images, shape)
     dataset = build_dataset("synthetic", "val", str(root))
     decoded = [dataset[i].image for i in range(len(dataset))]
-    cells = [(name, CORRUPTION_BENCH_SEVERITY) for name in names]
     grid = {name: (CORRUPTION_BENCH_SEVERITY,) for name in names}
-    _plain_corruption_loop(decoded[:1], cells)  # untimed: first calls load files and compile (numba)
-    seconds = {"plain": [], "workers_1": [], "workers_2": []}
-    cpu = {"plain": [], "workers_1": [], "workers_2": []}  # CPU-seconds, this process and its children
+    jobs = [(image, name, CORRUPTION_BENCH_SEVERITY) for image in decoded for name in names]
+    # a checkerboard over (image, corruption): each process gets every corruption about as often
+    shares = [[job for i, job in enumerate(jobs) if (i // len(names) + i % len(names)) % 2 == k] for k in (0, 1)]
+    opencv_single_threaded()  # as generate's workers run: every contestant on one thread each
+    _plain_corruption_loop(jobs[:len(names)])  # untimed: first calls load files and compile (numba)
+    sides = ("plain", "plain_2_processes", "workers_1", "workers_2")
+    seconds, cpu = {side: [] for side in sides}, {side: [] for side in sides}  # cpu: this process and its children
     for r in range(rounds):
-        order = list(seconds) if r % 2 == 0 else list(reversed(seconds))
-        for side in order:
-            if side == "plain":
-                before = time.process_time()
-                seconds[side].append(_plain_corruption_loop(decoded, cells))
-                cpu[side].append(time.process_time() - before)
-                continue
-            workers = int(side[-1])
-            out = folder / f"out-{r}-{workers}"
+        for side in sides if r % 2 == 0 else reversed(sides):
             before = _children_cpu() + time.process_time()
-            seconds[side].append(generate("synthetic", "val", str(root), out, grid, workers=workers)["seconds"])
+            if side == "plain":
+                seconds[side].append(_plain_corruption_loop(jobs))
+            elif side == "plain_2_processes":
+                seconds[side].append(_plain_corruption_loop_in_two(shares))
+            else:
+                workers = int(side[-1])
+                out = folder / f"out-{r}-{workers}"
+                seconds[side].append(generate("synthetic", "val", str(root), out, grid, workers=workers)["seconds"])
             cpu[side].append(_children_cpu() + time.process_time() - before)
+    if None in seconds["plain_2_processes"]:
+        del seconds["plain_2_processes"], cpu["plain_2_processes"]
     median = {k: float(np.median(v)) for k, v in seconds.items()}
     median_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
-    outputs = images * len(cells)
+    outputs = len(jobs)
     samples = [corrupt_image(decoded[0], "png", name, CORRUPTION_BENCH_SEVERITY) for name in names]
     return {"images": images, "image_size": list(shape), "corruptions": list(names),
             "severity": CORRUPTION_BENCH_SEVERITY, "outputs": outputs, "rounds": rounds,
@@ -521,6 +546,8 @@ def bench_corruption(folder: Path, images: int = 2, shape: tuple[int, int] = (51
             "overhead": median["workers_1"] / median["plain"] - 1,
             "overhead_per_round": [a / b - 1 for a, b in zip(seconds["workers_1"], seconds["plain"])],
             "two_workers_speedup": median["workers_1"] / median["workers_2"],
+            "plain_two_processes_speedup": (median["plain"] / median["plain_2_processes"]
+                                            if "plain_2_processes" in median else None),
             # On a machine other jobs share, wall time shows their load as much as ours; CPU time
             # counts only what segbench spent: its overhead, and what 2 workers cost beyond 1.
             "cpu_overhead": median_cpu["workers_1"] / median_cpu["plain"] - 1,
