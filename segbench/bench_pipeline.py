@@ -548,6 +548,9 @@ def bench_corruption(folder: Path, images: int = 2, shape: tuple[int, int] = (51
             "two_workers_speedup": median["workers_1"] / median["workers_2"],
             "plain_two_processes_speedup": (median["plain"] / median["plain_2_processes"]
                                             if "plain_2_processes" in median else None),
+            # of what the machine allows two processes: the 2-core target where its cores scale < 2x
+            "two_workers_share_of_plain_two": (median["plain_2_processes"] / median["workers_2"]
+                                               if "plain_2_processes" in median else None),
             # On a machine other jobs share, wall time shows their load as much as ours; CPU time
             # counts only what segbench spent: its overhead, and what 2 workers cost beyond 1.
             "cpu_overhead": median_cpu["workers_1"] / median_cpu["plain"] - 1,

@@ -425,6 +425,10 @@ def _times(x: float | None) -> str:
     return "not measured (no fork here)" if x is None else f"{x:.2f}x"
 
 
+def _share(x: float | None) -> str:
+    return "—" if x is None else _percent(x)
+
+
 def cmd_bench(args) -> int:
     from segbench.bench import Settings, quick_settings, run_bench
     from segbench.devices import resolve_device
@@ -535,7 +539,8 @@ def _print_scale(out, scale: dict) -> None:
               f"plain imagecorruptions loop {ips['plain']:.2f} images/s, segbench corrupt {ips['workers_1']:.2f} (1 worker, "
               f"overhead {_percent(c['overhead'])}), {ips['workers_2']:.2f} (2 workers, "
               f"{c['two_workers_speedup']:.2f}x one worker; the plain loop in 2 processes: "
-              f"{_times(c['plain_two_processes_speedup'])} the loop in 1; CPU time: overhead {_percent(c['cpu_overhead'])}, 2 workers "
+              f"{_times(c['plain_two_processes_speedup'])} the loop in 1, 2 workers at "
+              f"{_share(c['two_workers_share_of_plain_two'])} of its images/s; CPU time: overhead {_percent(c['cpu_overhead'])}, 2 workers "
               f"{_percent(c['two_workers_extra_cpu'])} over 1; {c['cpu_count']} cores, load average "
               f"{c['load_average'][0]:.1f}); PNG per image ({png}); segbench's: {c['png_encoder']}",
               highlight=False)

@@ -56,7 +56,7 @@ def test_quick_bench_reports_the_scale_measurements(tmp_path, mmseg):
         assert single["speedup"]["min"] <= single["speedup"]["median"] <= single["speedup"]["max"]
     corruption = scale["corruption"]
     assert set(corruption["images_per_second"]) == {"plain", "plain_2_processes", "workers_1", "workers_2"}
-    assert corruption["plain_two_processes_speedup"] > 0
+    assert corruption["plain_two_processes_speedup"] > 0 and corruption["two_workers_share_of_plain_two"] > 0
     assert set(corruption["png_encoding"]) == {"segbench", "opencv sub huffman-only", "pillow level 1", "pillow level 6"}
     memory = scale["memory"]
     assert [r["images"] for r in memory["runs"]] == [10, 40] and memory["ratio"] > 0
