@@ -421,14 +421,6 @@ def _percent(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
-def _times(x: float | None) -> str:
-    return "not measured (no fork here)" if x is None else f"{x:.2f}x"
-
-
-def _share(x: float | None) -> str:
-    return "—" if x is None else _percent(x)
-
-
 def cmd_bench(args) -> int:
     from segbench.bench import Settings, quick_settings, run_bench
     from segbench.devices import resolve_device
@@ -532,15 +524,16 @@ def _print_scale(out, scale: dict) -> None:
         out.print(table)
     c = scale["corruption"]
     ips = c["images_per_second"]
+    pair = ("the plain loop in 2 processes: not measured (no fork here)" if c["plain_two_processes_speedup"] is None
+            else f"the plain loop in 2 processes: {c['plain_two_processes_speedup']:.2f}x the loop in 1, 2 workers at "
+                 f"{_percent(c['two_workers_share_of_plain_two'])} of its images/s")
     png = ", ".join(f"{k}: {v['seconds_per_image'] * 1e3:.0f} ms, {v['bytes_per_image'] / 1e6:.2f} MB"
                     for k, v in c["png_encoding"].items())
     out.print(f"corruption generation ({c['images']} images {c['image_size'][0]}x{c['image_size'][1]} x "
               f"{len(c['corruptions'])} corruptions at severity {c['severity']}, median of {c['rounds']} rounds): "
               f"plain imagecorruptions loop {ips['plain']:.2f} images/s, segbench corrupt {ips['workers_1']:.2f} (1 worker, "
               f"overhead {_percent(c['overhead'])}), {ips['workers_2']:.2f} (2 workers, "
-              f"{c['two_workers_speedup']:.2f}x one worker; the plain loop in 2 processes: "
-              f"{_times(c['plain_two_processes_speedup'])} the loop in 1, 2 workers at "
-              f"{_share(c['two_workers_share_of_plain_two'])} of its images/s; CPU time: overhead {_percent(c['cpu_overhead'])}, 2 workers "
+              f"{c['two_workers_speedup']:.2f}x one worker; {pair}; CPU time: overhead {_percent(c['cpu_overhead'])}, 2 workers "
               f"{_percent(c['two_workers_extra_cpu'])} over 1; {c['cpu_count']} cores, load average "
               f"{c['load_average'][0]:.1f}); PNG per image ({png}); segbench's: {c['png_encoder']}",
               highlight=False)

@@ -123,8 +123,8 @@ def _std_reciprocal(std) -> np.ndarray:
 def normalize(image: np.ndarray, mean, std, device) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (1, 3, H, W): (x - mean) * (1 / std) on the 0-255
     scale, bit for bit as mmcv's ``imnormalize`` (step 3)."""
-    # torch warns on wrapping a read-only array (as views resized elsewhere can be); a
-    # copy of the uint8 pixels costs little next to the float32 one made next
+    # torch warns on wrapping a read-only array (np.asarray of a Pillow image, as the readers
+    # decode, is one); a copy of the uint8 pixels costs little next to the float32 one made next
     image = np.require(image, requirements=("C_CONTIGUOUS", "WRITEABLE"))
     x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
     mean = torch.from_numpy(np.float32(mean)).to(device).view(1, 3, 1, 1)
@@ -271,7 +271,7 @@ def channel_softmax(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the classes of (K, H, W) scores, in their memory layout: over the
     innermost dimension when the classes are innermost (channels-last logits), where
     torch's softmax over dimension 0 runs ~4x slower."""
-    if scores.stride(0) == 1 and scores.dim() == 3:
+    if scores.stride(0) == 1:
         return scores.permute(1, 2, 0).softmax(-1).permute(2, 0, 1)
     return scores.softmax(0)
 

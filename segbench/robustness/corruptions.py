@@ -70,9 +70,9 @@ MANIFEST_FORMAT = 1
 # How the PNGs are encoded; stored in the manifest since it changes the bytes (not the
 # pixels; its version is under `versions`). Chosen on 512x1024 corrupted images (one of each
 # corruption, severity 3; `segbench bench` prints the comparison, README "Scale"): fpng's
-# one-pass encoder (its own pixel-wise deflate; no zlib or libpng) took about a tenth of the
-# time of the fastest libpng setting measured (OpenCV, Sub filter, Huffman-only zlib level 1),
-# which was itself a third of Pillow's level 1, for files about 10 % larger. Encoding had been
+# one-pass encoder (its own pixel-wise deflate; no zlib or libpng) took a seventh to a ninth
+# of the time of the fastest libpng setting measured (OpenCV, Sub filter, Huffman-only zlib
+# level 1), which was itself a third of Pillow's level 1, for files about 16 % larger. Encoding had been
 # most of `segbench corrupt`'s overhead over the corruptions themselves. The bytes depend on
 # fpng alone, not on the zlib and libpng a platform's OpenCV or Pillow was built with.
 PNG_ENCODER = {"library": "fpng", "function": "fpng_ext.encode_ndarray"}
